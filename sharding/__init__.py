@@ -1,0 +1,3 @@
+"""Where arrays live: mesh configs, logical-axis rules, sharded init, the planner.
+
+Imports no other project package."""

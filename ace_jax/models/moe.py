@@ -1,0 +1,126 @@
+"""Qwen3-MoE sparse block: fp32 router, top-k, optional renormalization, dispatch backends.
+
+Backends (all dropless, equal in values and gradients; `dense` is the reference):
+- `dense`: every expert on every token, combined with a one-hot weight matrix.
+- `ragged`: sort (token, slot) pairs by expert, `jax.lax.ragged_dot`, scatter-add back.
+- `blocked`: sort by expert, pad each expert's group to a multiple of a block size, and run one
+  batched matmul over blocks with each block's expert weights gathered (fast on CPU, where
+  `ragged_dot` lowers to a dense loop over experts).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Routing(NamedTuple):
+    """Router decision for N tokens: weights [N, k] (hidden dtype), expert ids [N, k], probs [N, E] fp32."""
+
+    weights: jax.Array
+    ids: jax.Array
+    probs: jax.Array
+
+
+def route(x: jax.Array, router: jax.Array, top_k: int, norm_topk_prob: bool,
+          forced_ids: jax.Array | None = None) -> Routing:
+    """Softmax router in fp32 then top-k; `forced_ids` [N, k] replays an engine's choice."""
+    logits = x.astype(jnp.float32) @ router.astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if forced_ids is None:
+        weights, ids = jax.lax.top_k(probs, top_k)
+    else:
+        ids = forced_ids.astype(jnp.int32)
+        weights = jnp.take_along_axis(probs, ids, axis=-1)
+    if norm_topk_prob:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return Routing(weights.astype(x.dtype), ids.astype(jnp.int32), probs)
+
+
+def _expert_ffn_dense(x, routing, gate, up, down):
+    num_experts = gate.shape[0]
+    combine = jnp.zeros((x.shape[0], num_experts), x.dtype)
+    combine = combine.at[jnp.arange(x.shape[0])[:, None], routing.ids].add(routing.weights)
+    h = jax.nn.silu(jnp.einsum("nh,ehi->nei", x, gate)) * jnp.einsum("nh,ehi->nei", x, up)
+    out = jnp.einsum("nei,eih->neh", h, down)
+    return jnp.einsum("ne,neh->nh", combine, out)
+
+
+def _sort_by_expert(routing: Routing, num_experts: int):
+    """(order, token index, group sizes) for the N*k (token, slot) pairs sorted by expert."""
+    flat_ids = routing.ids.reshape(-1)
+    order = jnp.argsort(flat_ids, stable=True)
+    top_k = routing.ids.shape[1]
+    token_of = order // top_k
+    group_sizes = jnp.bincount(flat_ids, length=num_experts).astype(jnp.int32)
+    return order, token_of, group_sizes
+
+
+def _expert_ffn_ragged(x, routing, gate, up, down):
+    order, token_of, group_sizes = _sort_by_expert(routing, gate.shape[0])
+    xs = x[token_of]
+    h = jax.nn.silu(jax.lax.ragged_dot(xs, gate, group_sizes)) * jax.lax.ragged_dot(xs, up, group_sizes)
+    out = jax.lax.ragged_dot(h, down, group_sizes)
+    out = out * routing.weights.reshape(-1)[order][:, None]
+    return jnp.zeros_like(x).at[token_of].add(out)
+
+
+def _expert_ffn_blocked(x, routing, gate, up, down, block: int = 64):
+    num_experts = gate.shape[0]
+    n_pairs = routing.ids.size
+    order, token_of, group_sizes = _sort_by_expert(routing, num_experts)
+    # Each expert's group starts at a block boundary; worst case adds (block - 1) per expert.
+    padded_sizes = (group_sizes + block - 1) // block * block
+    padded_starts = jnp.cumsum(padded_sizes) - padded_sizes
+    starts = jnp.cumsum(group_sizes) - group_sizes
+    sorted_ids = routing.ids.reshape(-1)[order]
+    dest = padded_starts[sorted_ids] + (jnp.arange(n_pairs) - starts[sorted_ids])
+    num_blocks = (n_pairs + num_experts * (block - 1)) // block + 1
+    capacity = num_blocks * block
+    xs = jnp.zeros((capacity, x.shape[1]), x.dtype).at[dest].set(x[token_of])
+    block_expert = jnp.searchsorted(jnp.cumsum(padded_sizes), jnp.arange(num_blocks) * block, side="right")
+    block_expert = jnp.minimum(block_expert, num_experts - 1)
+    xb = xs.reshape(num_blocks, block, -1)
+    h = jax.nn.silu(jnp.einsum("bmh,bhi->bmi", xb, gate[block_expert])) * jnp.einsum(
+        "bmh,bhi->bmi", xb, up[block_expert])
+    out = jnp.einsum("bmi,bih->bmh", h, down[block_expert]).reshape(capacity, -1)[dest]
+    out = out * routing.weights.reshape(-1)[order][:, None]
+    return jnp.zeros_like(x).at[token_of].add(out)
+
+
+BACKENDS: dict[str, Callable] = {
+    "dense": _expert_ffn_dense,
+    "ragged": _expert_ffn_ragged,
+    "blocked": _expert_ffn_blocked,
+}
+
+
+class MoEStats(NamedTuple):
+    """Per-layer router statistics: tokens per expert [E] (valid tokens only), Switch aux loss."""
+
+    expert_load: jax.Array
+    aux_loss: jax.Array
+
+
+def moe_block(x: jax.Array, router: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *,
+              top_k: int, norm_topk_prob: bool, backend: str = "ragged",
+              token_mask: jax.Array | None = None,
+              forced_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array, MoEStats]:
+    """Sparse MoE on x [N, H] with stacked experts gate/up [E, H, I], down [E, I, H].
+
+    Returns (y [N, H], expert ids [N, k], stats).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown moe_backend {backend!r}; allowed: {sorted(BACKENDS)}")
+    routing = route(x, router, top_k, norm_topk_prob, forced_ids)
+    y = BACKENDS[backend](x, routing, gate.astype(x.dtype), up.astype(x.dtype), down.astype(x.dtype))
+    num_experts = gate.shape[0]
+    valid = jnp.ones(x.shape[0], jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
+    load = jnp.zeros(num_experts, jnp.float32).at[routing.ids].add(
+        jnp.broadcast_to(valid[:, None], routing.ids.shape))
+    n_valid = jnp.maximum(jnp.sum(valid), 1.0)
+    mean_prob = jnp.sum(routing.probs * valid[:, None], axis=0) / n_valid
+    aux = num_experts * jnp.sum((load / n_valid) * mean_prob)
+    return y, routing.ids, MoEStats(load, aux)

@@ -1,0 +1,97 @@
+"""Per-token logprobs (and entropy) from final hidden states, chunked over tokens.
+
+``chunked_logprobs`` flattens ``[B, T]`` tokens, pads their number to a multiple of the chunk
+size, and maps over chunks (``lax.map``); each chunk applies the LM head, divides the logits
+by the temperature and takes an fp32 log-softmax under ``jax.checkpoint``, so the backward
+pass recomputes a chunk's logits instead of storing them: the ``[tokens, vocab]`` matrix is
+never materialized for the whole batch, only ``[chunk_size, vocab]`` at a time.
+``naive_logprobs`` is the plain reference.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _check(hidden: Array, lm_head_weight: Array, targets: Array, temperature) -> None:
+    if hidden.ndim != 3:
+        raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
+    if lm_head_weight.ndim != 2 or lm_head_weight.shape[0] != hidden.shape[2]:
+        raise ValueError(
+            f"lm_head_weight must be [H={hidden.shape[2]}, V], got {tuple(lm_head_weight.shape)}"
+        )
+    if tuple(targets.shape) != tuple(hidden.shape[:2]):
+        raise ValueError(f"targets must be {tuple(hidden.shape[:2])}, got {tuple(targets.shape)}")
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+
+
+def _token_logprobs(x: Array, w: Array, y: Array, temperature, return_entropy: bool):
+    """x [N, H], w [H, V], y [N] -> logprobs [N] (and entropy [N]), in fp32."""
+    logits = jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.float32) / temperature
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    lp = jnp.take_along_axis(logits, y[:, None].astype(jnp.int32), axis=-1)[:, 0] - lse
+    if not return_entropy:
+        return lp
+    probs = jnp.exp(logits - lse[:, None])
+    return lp, lse - (probs * logits).sum(axis=-1)
+
+
+def chunked_logprobs(
+    hidden: Array,
+    lm_head_weight: Array,
+    targets: Array,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    return_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
+    """log p(targets) ``[B, T]`` fp32 (and the entropy ``[B, T]`` with ``return_entropy``).
+
+    ``hidden`` [B, T, H] (any float dtype; the matmul accumulates in fp32), ``lm_head_weight``
+    [H, V], ``targets`` [B, T] int. Logits are divided by ``temperature``.
+    """
+    _check(hidden, lm_head_weight, targets, temperature)
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    b, t, h = hidden.shape
+    n = b * t
+    chunk = min(chunk_size, n)
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    x = jnp.pad(hidden.reshape(n, h), ((0, pad), (0, 0))).reshape(n_chunks, chunk, h)
+    y = jnp.pad(targets.reshape(n), (0, pad)).reshape(n_chunks, chunk)
+
+    @jax.checkpoint
+    def one_chunk(xy):
+        return _token_logprobs(xy[0], lm_head_weight, xy[1], temperature, return_entropy)
+
+    out = jax.lax.map(one_chunk, (x, y))
+
+    def unchunk(a):
+        return a.reshape(n_chunks * chunk)[:n].reshape(b, t)
+
+    return tuple(map(unchunk, out)) if return_entropy else unchunk(out)
+
+
+def naive_logprobs(
+    hidden: Array,
+    lm_head_weight: Array,
+    targets: Array,
+    *,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
+    """Reference: the whole ``[B*T, V]`` fp32 logits at once (same math, no chunking)."""
+    _check(hidden, lm_head_weight, targets, temperature)
+    b, t, h = hidden.shape
+    out = _token_logprobs(
+        hidden.reshape(b * t, h), lm_head_weight, targets.reshape(b * t), temperature,
+        return_entropy,
+    )
+    if return_entropy:
+        return out[0].reshape(b, t), out[1].reshape(b, t)
+    return out.reshape(b, t)

@@ -176,7 +176,7 @@ def load(hf_dir: str | os.PathLike, dtype: str = "float32", *, sharding_for: Sha
             else:
                 value = jax.make_array_from_callback(
                     shape, sharding, lambda idx, e=entry, s=shape: _read(reader, e, s, idx, np_dtype))
-            var.value = value
+            var.set_value(value)
     finally:
         reader.close()
     model.source_dir = hf_dir

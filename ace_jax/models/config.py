@@ -8,7 +8,7 @@ import os
 from typing import Any, Mapping
 
 MODEL_TYPES = ("qwen3", "qwen3_moe")
-MOE_BACKENDS = ("dense", "ragged", "gather")
+MOE_BACKENDS = ("dense", "ragged", "blocked")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -171,16 +171,19 @@ class Qwen3Config:
             tie_word_embeddings=bool(data.get("tie_word_embeddings", False)),
             model_type=model_type,
             num_experts=int(num_experts or 0),
-            num_experts_per_tok=data.get("num_experts_per_tok", 8) if num_experts else 1,
-            moe_intermediate_size=data.get("moe_intermediate_size", 768) if num_experts else 1,
-            # transformers' class default is False; real checkpoints say True. Follow the file.
-            norm_topk_prob=bool(data.get("norm_topk_prob", False)),
-            decoder_sparse_step=data.get("decoder_sparse_step", 1) or 1,
-            mlp_only_layers=tuple(data.get("mlp_only_layers") or ()),
             bos_token_id=data.get("bos_token_id"),
             eos_token_id=_first(data.get("eos_token_id")),
             pad_token_id=data.get("pad_token_id"),
         )
+        if num_experts:
+            kwargs.update(
+                num_experts_per_tok=data.get("num_experts_per_tok", 8),
+                moe_intermediate_size=data.get("moe_intermediate_size", 768),
+                # transformers' class default is False; real checkpoints say True. Follow the file.
+                norm_topk_prob=bool(data.get("norm_topk_prob", False)),
+                decoder_sparse_step=data.get("decoder_sparse_step", 1) or 1,
+                mlp_only_layers=tuple(data.get("mlp_only_layers") or ()),
+            )
         if data.get("attention_bias"):
             raise ValueError("config key 'attention_bias' is true; Qwen3 has no attention biases")
         kwargs.update(overrides)

@@ -1,0 +1,181 @@
+"""``PayloadStore``: the texts of buffer entries (code, feedback, spec, ...), out of line.
+
+Payloads are dicts of strings keyed by an int id handed out in order (0, 1, 2, ...). In memory
+by default; with ``path`` every payload is also appended as one JSON line to that file, and
+only the byte offsets stay in memory, so the store can grow on disk. ``discard`` frees the
+in-memory copy of payloads whose entries were evicted (the file is append-only).
+
+``state_dict`` holds what a checkpoint needs: in memory, the live payloads themselves; on disk,
+the file's length and offsets. Restoring truncates the file to that length, so payloads
+appended after the checkpoint are forgotten.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import chain
+from array import array
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+Payload = Mapping[str, str]
+
+
+class PayloadStore:
+    """Append-only store of payload dicts keyed by int id."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        self._next_id = 0
+        self._mem: dict[int, dict[str, str]] = {}  # memory mode: id -> payload
+        self._offsets = array("q")  # disk mode: byte offset of each line
+        self._nbytes = 0
+        self._fh = None
+        self._disk = self.path is not None
+        if self._disk:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size > 0:
+                raise FileExistsError(
+                    f"payload file {self.path} already exists; restore it with "
+                    "PayloadStore.from_state_dict or choose a new path"
+                )
+            self._fh = open(self.path, "ab")
+
+    # ------------------------------------------------------------------ writing
+    def put(self, payload: Payload) -> int:
+        return int(self.put_many([payload])[0])
+
+    def put_many(self, payloads: Sequence[Payload]) -> np.ndarray:
+        """Store payloads in order; returns their ids (int64)."""
+        n = len(payloads)
+        ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        checked = _check_all(payloads)
+        if not self._disk:
+            self._mem.update(zip(range(self._next_id, self._next_id + n), checked))
+        else:
+            lines = [
+                (json.dumps(p, ensure_ascii=False, sort_keys=True) + "\n").encode()
+                for p in checked
+            ]
+            for line in lines:
+                self._offsets.append(self._nbytes)
+                self._nbytes += len(line)
+            self._handle().write(b"".join(lines))
+        self._next_id += n
+        return ids
+
+    def discard(self, ids: Iterable[int]) -> None:
+        """Forget payloads no entry refers to any more (memory mode frees them; ids < 0 ignored)."""
+        if not self._disk:
+            for i in ids:
+                self._mem.pop(int(i), None)
+
+    # ------------------------------------------------------------------ reading
+    def get(self, pid: int) -> dict[str, str]:
+        pid = int(pid)
+        if not 0 <= pid < self._next_id:
+            raise KeyError(f"payload id {pid} is unknown (store holds ids 0..{self._next_id - 1})")
+        if not self._disk:
+            if pid not in self._mem:
+                raise KeyError(f"payload id {pid} was discarded")
+            return dict(self._mem[pid])
+        if self._fh is not None:
+            self._fh.flush()
+        start = self._offsets[pid]
+        end = self._offsets[pid + 1] if pid + 1 < len(self._offsets) else self._nbytes
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            return json.loads(f.read(end - start).decode())
+
+    def __len__(self) -> int:
+        return self._next_id
+
+    def __contains__(self, pid: int) -> bool:
+        pid = int(pid)
+        if not self._disk:
+            return pid in self._mem
+        return 0 <= pid < self._next_id
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of everything needed to restore this store exactly."""
+        if not self._disk:
+            ids = sorted(self._mem)
+            return {
+                "mode": "memory",
+                "next_id": self._next_id,
+                "ids": np.asarray(ids, dtype=np.int64),
+                "payloads": [dict(self._mem[i]) for i in ids],
+            }
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        return {
+            "mode": "disk",
+            "next_id": self._next_id,
+            "path": str(self.path),
+            "nbytes": self._nbytes,
+            "offsets": np.frombuffer(self._offsets, dtype=np.int64).copy(),
+        }
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Any], path: str | os.PathLike | None = None
+    ) -> "PayloadStore":
+        """Restore; a disk store's file (``path`` or the saved one) is truncated to the state."""
+        mode = state["mode"]
+        store = cls()
+        store._next_id = int(state["next_id"])
+        if mode == "memory":
+            store._mem = {int(i): dict(p) for i, p in zip(state["ids"], state["payloads"])}
+            return store
+        if mode != "disk":
+            raise ValueError(f"payload store mode={mode!r} is not allowed; allowed: disk, memory")
+        store.path = Path(path if path is not None else state["path"])
+        store._disk = True
+        nbytes = int(state["nbytes"])
+        size = store.path.stat().st_size if store.path.exists() else -1
+        if size < nbytes:
+            raise ValueError(
+                f"payload file {store.path} holds {max(size, 0)} bytes but the checkpoint "
+                f"knew {nbytes}: it was truncated or replaced"
+            )
+        with open(store.path, "r+b") as f:
+            f.truncate(nbytes)
+        store._nbytes = nbytes
+        store._offsets = array("q", np.asarray(state["offsets"], dtype=np.int64).tobytes())
+        return store
+
+    def _handle(self):
+        if self._fh is None:
+            self._fh = open(self.path, "ab")
+        return self._fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            if self._fh is not None:
+                self._fh.close()
+        except Exception:
+            pass
+
+
+def _check_all(payloads: Sequence[Payload]) -> list[dict[str, str]]:
+    """Plain-dict copies of ``payloads``, or TypeError unless each maps str to str."""
+    out = [dict(p) for p in payloads]  # TypeError for non-mappings
+    types = set(map(type, chain.from_iterable(out)))
+    types |= set(map(type, chain.from_iterable(map(dict.values, out))))
+    if types - {str}:
+        for d in out:
+            for k, v in d.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise TypeError(f"payload key {k!r} must map a str to a str, got "
+                                    f"{type(v).__name__}")
+    return out

@@ -366,7 +366,8 @@ class EvolvingBuffer:
         self.visits[s] += 1
         self.last_visit[s] = step
         flat = std < cfg.std_eps
-        streak = np.where(flat, np.minimum(self.flat_streak[s] + 1, cfg.cooldown_groups), 0)
+        streak = np.where(flat, np.minimum(self.flat_streak[s].astype(np.int64) + 1,
+                                           cfg.cooldown_groups), 0)
         level = np.where(flat, self.cool_level[s], 0).astype(np.int64)
         start = flat & (streak >= cfg.cooldown_groups) & ~self.protected[s] & (self.cool_until[s] < 0)
         until = step + cfg.cooldown_base * (2 ** level)
@@ -448,10 +449,10 @@ def _operator_codes(operator: Any, m: int) -> np.ndarray:
         names = np.asarray(OPERATORS)
         bad = ~np.isin(arr, names)
         if bad.any():
-            raise ValueError(f"operator={arr[bad].reshape(-1)[0]!r} is not allowed; "
+            raise ValueError(f"operator={str(arr[bad].reshape(-1)[0])!r} is not allowed; "
                              f"allowed: {list(OPERATORS)}")
-        arr = np.searchsorted(names, arr, sorter=np.argsort(names))
-        arr = np.argsort(names)[arr]
+        order = np.argsort(names)
+        arr = order[np.searchsorted(names, arr, sorter=order)]
     elif arr.dtype.kind not in "iu" or np.any((arr < 0) | (arr >= len(OPERATORS))):
         raise ValueError(f"operator must be names {list(OPERATORS)} or codes 0..."
                          f"{len(OPERATORS) - 1}, got {operator!r:.80}")

@@ -41,8 +41,8 @@ class CurriculumConfig:
 
     def __post_init__(self) -> None:
         _integer("capacity", self.capacity, lo=1)
-        _integer("max_depth", self.max_depth, lo=0)
-        _integer("max_children", self.max_children, lo=0)
+        _integer("max_depth", self.max_depth, lo=0, hi=30000)
+        _integer("max_children", self.max_children, lo=0, hi=30000)
         _number("discount", self.discount, lo=0.0, hi=1.0, lo_open=True)
         _number("prior_a", self.prior_a, lo=0.0, lo_open=True)
         _number("prior_b", self.prior_b, lo=0.0, lo_open=True)
@@ -59,7 +59,7 @@ class CurriculumConfig:
         _number("tau", self.tau, lo=0.0, lo_open=True)
         _number("eps", self.eps, lo=0.0, hi=1.0)
         _number("root_mix", self.root_mix, lo=0.0, hi=1.0)
-        _integer("cooldown_groups", self.cooldown_groups, lo=1)
+        _integer("cooldown_groups", self.cooldown_groups, lo=1, hi=100)
         _integer("cooldown_base", self.cooldown_base, lo=0)
         _integer("cooldown_max_level", self.cooldown_max_level, lo=0, hi=40)
         _number("std_eps", self.std_eps, lo=0.0)

@@ -59,13 +59,12 @@ class MetricsLog:
 
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
-        self._last_evictions: int | None = None
+        self._last_evictions = 0  # evictions before the first record count for it
 
     def update(self, buffer: EvolvingBuffer, sampled_ids: Sequence[int],
                step: int | None = None) -> dict[str, Any]:
         m = step_metrics(buffer, sampled_ids, step)
-        prev = m["evictions_total"] if self._last_evictions is None else self._last_evictions
-        m["evictions"] = m["evictions_total"] - prev
+        m["evictions"] = m["evictions_total"] - self._last_evictions
         self._last_evictions = m["evictions_total"]
         self.records.append(m)
         return m

@@ -8,7 +8,7 @@ import os
 from typing import Any, Mapping
 
 MODEL_TYPES = ("qwen3", "qwen3_moe")
-MOE_BACKENDS = ("dense", "ragged", "blocked")
+MOE_BACKENDS = ("auto", "dense", "ragged", "blocked")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -54,7 +54,7 @@ class Qwen3Config:
     # runtime options
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
-    moe_backend: str = "ragged"
+    moe_backend: str = "auto"
     remat: str = "none"
 
     def __post_init__(self) -> None:

@@ -1,0 +1,199 @@
+"""Preparing the built-in tasks on disk, deterministically (same machine, same bytes).
+
+References are run in-process through `solution_template.solve` (the code a rendered spec
+runs in the sandbox) with BLAS/OpenMP limited to one thread, exactly as in the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from threadpoolctl import threadpool_limits
+
+from rollout.env import solution_template
+from rollout.env.builtin_tasks import BUILTIN_TASKS, BUILTIN_VERSION, BuiltinTask
+from rollout.env.graders import grade_bytes
+from rollout.env.metrics import aligned, get_metric
+from rollout.env.spec import parse_spec
+from rollout.env.tasks import (Task, TaskConfig, TaskError, default_tasks_dir, load_task, load_tasks, write_csv,
+                               write_task)
+
+log = logging.getLogger(__name__)
+ID_COLUMN = "id"
+
+
+def constant_submission(cfg: TaskConfig, y_train: pd.Series, test_ids: pd.Series) -> pd.DataFrame:
+    """The trivial baseline: one constant prediction (majority class, prior, mean or median)."""
+    output = get_metric(cfg.metric).output
+    sub = pd.DataFrame({cfg.id_column: test_ids.to_numpy()})
+    if output == "label":
+        counts = y_train.astype(str).value_counts()
+        sub[cfg.submission_columns[0]] = sorted(counts[counts == counts.max()].index)[0]
+    elif output == "value":
+        y = y_train.astype(float)
+        sub[cfg.submission_columns[0]] = float(y.median() if cfg.metric == "mae" else y.mean())
+    else:
+        freq = y_train.astype(str).value_counts(normalize=True)
+        priors = [float(freq.get(c, 0.0)) for c in cfg.classes]
+        if output == "proba_positive":
+            sub[cfg.submission_columns[0]] = priors[1]
+        else:
+            for col, p in zip(cfg.submission_columns, priors):
+                sub[col] = p
+    return sub
+
+
+def _csv_bytes(frame: pd.DataFrame) -> bytes:
+    buf = io.StringIO()
+    write_csv(frame, buf)
+    return buf.getvalue().encode()
+
+
+def run_reference(task: Task, spec: str) -> bytes:
+    """Run a reference spec in-process on the task's public data; return the submission bytes."""
+    info = task.template_info()
+    model, preprocess = parse_spec(spec).resolve(info["kind"], info["output"].startswith("proba"))
+    out = task.root / ".reference_submission.csv"
+    with threadpool_limits(1), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        solution_template.solve(info, model, preprocess, str(task.public_dir), str(out))
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+def describe(b: BuiltinTask, cfg: TaskConfig, train: pd.DataFrame, test: pd.DataFrame) -> str:
+    metric = get_metric(cfg.metric)
+    better = "higher" if metric.direction == "maximize" else "lower"
+    if metric.output == "proba_columns":
+        form = (f"one probability column per class ({', '.join(cfg.submission_columns)}), for classes "
+                f"{', '.join(cfg.classes)} in that order")
+    elif metric.output == "proba_positive":
+        form = f"`{cfg.submission_columns[0]}`: the probability that the label is {cfg.classes[1]}"
+    elif metric.output == "label":
+        form = f"`{cfg.submission_columns[0]}`: the predicted label, one of {', '.join(cfg.classes)}"
+    else:
+        form = f"`{cfg.submission_columns[0]}`: the predicted value"
+    features = [c for c in train.columns if c not in (cfg.id_column, cfg.target_column)]
+    return (
+        f"# {cfg.id}\n\n{b.blurb}\n\n## Data\n"
+        f"- `train.csv`: {len(train)} rows: `{cfg.id_column}`, {len(features)} feature columns and the target "
+        f"`{cfg.target_column}`.\n"
+        f"- `test.csv`: {len(test)} rows with the same columns except the target.\n"
+        f"- `sample_submission.csv`: a valid submission in the right format.\n\n"
+        f"## Evaluation\nSubmissions are scored with {cfg.metric} on the hidden test labels ({better} is better).\n\n"
+        f"## Submission\nA CSV with a row per test row: `{cfg.id_column}` and {form}.\n"
+    )
+
+
+def _split(b: BuiltinTask, kind: str):
+    x, y = b.make()
+    frame = x.copy()
+    frame.insert(0, ID_COLUMN, np.arange(len(frame)))
+    frame[b.target] = y.to_numpy()
+    strat = y if kind == "classification" else None
+    return train_test_split(frame, test_size=0.25, random_state=0, stratify=strat)
+
+
+def prepare_one(b: BuiltinTask, dest: Path) -> Task:
+    """Make, measure and write one built-in task into `dest` (replaced)."""
+    metric = get_metric(b.metric)
+    train, test = _split(b, metric.kind)
+    classes = tuple(sorted({str(v) for v in train[b.target]}, key=_label_key)) if metric.kind == "classification" else ()
+    cols = tuple(f"{b.target}_{c}" for c in classes) if metric.output == "proba_columns" else (b.target,)
+    cfg = TaskConfig(id=b.id, metric=b.metric, direction=metric.direction, kind=metric.kind, id_column=ID_COLUMN,
+                     target_column=b.target, submission_columns=cols, classes=classes, baseline_score=0.0,
+                     reference_score=1.0, medals={"gold": 0.0, "silver": 0.0, "bronze": 0.0}, split=b.split,
+                     source=f"builtin-v{BUILTIN_VERSION}")
+    public_test = test.drop(columns=[b.target])
+    answers = test[[ID_COLUMN, b.target]]
+    sample = constant_submission(cfg, train[b.target], test[ID_COLUMN])
+    staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    provisional = write_task_files(staging, cfg, train, public_test, sample, answers)
+    answers_str = pd.read_csv(provisional.answers_path, dtype=str, keep_default_na=False)
+    baseline = grade_bytes(provisional, _csv_bytes(sample), answers_str)
+    if not baseline.valid:
+        raise TaskError(f"builtin task {b.id}: its sample submission is invalid: {baseline.reason}")
+    scores = []
+    for spec in b.references:
+        result = grade_bytes(provisional, run_reference(provisional, spec), answers_str)
+        if not result.valid:
+            raise TaskError(f"builtin task {b.id}: reference {spec!r} is invalid: {result.reason}")
+        scores.append(result.score)
+    scores.sort(key=lambda s: aligned(metric.direction, s), reverse=True)
+    if aligned(metric.direction, scores[-1]) <= aligned(metric.direction, baseline.score):
+        raise TaskError(f"builtin task {b.id}: weakest reference {scores[-1]} does not beat the baseline {baseline.score}")
+    final = TaskConfig(**{**cfg.__dict__, "baseline_score": baseline.score, "reference_score": scores[0],
+                          "medals": dict(zip(("gold", "silver", "bronze"), scores))})
+    write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(staging, dest)
+    return load_task(dest)
+
+
+def write_task_files(dest: Path, cfg: TaskConfig, train, test, sample, answers) -> Task:
+    """Write the data files under a provisional config (scores not yet measured)."""
+    placeholder = TaskConfig(**{**cfg.__dict__, "baseline_score": 0.0, "reference_score": 1.0}) \
+        if cfg.direction == "maximize" else TaskConfig(**{**cfg.__dict__, "baseline_score": 1.0, "reference_score": 0.0})
+    return write_task(dest, placeholder, "", train, test, sample, answers)
+
+
+def _label_key(label: str):
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+@contextlib.contextmanager
+def _locked(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _is_current(path: Path) -> bool:
+    try:
+        return load_task(path).config.source == f"builtin-v{BUILTIN_VERSION}"
+    except (TaskError, OSError):
+        return False
+
+
+def prepare_builtin(root: str | os.PathLike | None = None, ids: list[str] | None = None,
+                    force: bool = False, progress=None) -> dict[str, Task]:
+    """Prepare the built-in tasks under `root` (default: see `default_tasks_dir`); skip current ones."""
+    root = default_tasks_dir(root)
+    wanted = [b for b in BUILTIN_TASKS if ids is None or b.id in ids]
+    unknown = sorted(set(ids or ()) - {b.id for b in BUILTIN_TASKS})
+    if unknown:
+        raise KeyError(f"unknown builtin task(s) {', '.join(unknown)}; known: {', '.join(b.id for b in BUILTIN_TASKS)}")
+    with _locked(root):
+        for i, b in enumerate(wanted):
+            dest = root / b.id
+            if not force and _is_current(dest):
+                continue
+            if progress:
+                progress(f"preparing task {b.id} ({i + 1}/{len(wanted)})")
+            log.info("preparing builtin task %s", b.id)
+            prepare_one(b, dest)
+    return {k: v for k, v in load_tasks(root).items()}
+
+
+def ensure_tasks(root: str | os.PathLike | None = None, progress=None) -> dict[str, Task]:
+    """All tasks under `root`, preparing the built-in ones first if any is missing or stale."""
+    return prepare_builtin(root, progress=progress)

@@ -1,0 +1,103 @@
+"""The GRPO update step: jit-compiled, state donated, micro-batch accumulation by `lax.scan`.
+
+Per micro-batch: forward to final hidden states, chunked fp32 logprobs (logits / temperature),
+`policy_loss_terms` (sum, count) pairs. The gradient is that of the summed loss divided by the
+whole batch's count, so accumulation over micro-batches (and devices) equals one big batch.
+An update whose loss or gradients are non-finite is skipped and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ace_jax.grpo import LossConfig, add_terms, chunked_logprobs, finalize_terms, loss_count, policy_loss_terms
+from ace_jax.train.batch import TrainBatch
+from ace_jax.train.state import TrainState
+
+
+def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array,
+                      attention_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 1024,
+                      return_entropy: bool = False):
+    """logprob[b, t] of token t given tokens < t ([B, T], column 0 is 0), optionally entropy."""
+    model = nnx.merge(graphdef, params)
+    out = model.forward(input_ids, attention_mask, compute_logits=False)
+    result = chunked_logprobs(out.hidden[:, :-1], model.lm_head_weight(), input_ids[:, 1:],
+                              temperature=temperature, chunk_size=chunk_size, return_entropy=return_entropy)
+    pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
+    if return_entropy:
+        return pad(result[0]), pad(result[1])
+    return pad(result)
+
+
+def _split_micro(batch: TrainBatch, micro_batches: int) -> TrainBatch:
+    b = batch.input_ids.shape[0]
+    if b % micro_batches:
+        raise ValueError(f"batch size {b} is not divisible by micro_batches={micro_batches}")
+    return jax.tree.map(lambda x: x.reshape((micro_batches, b // micro_batches) + x.shape[1:]), batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_config: LossConfig,
+                    *, micro_batches: int = 1, temperature: float = 1.0, logprob_chunk: int = 1024,
+                    learning_rate: Callable[[jax.Array], jax.Array] | None = None,
+                    state_sharding: Any = None, batch_sharding: Any = None, donate: bool = True):
+    """(state, batch) -> (state, metrics), jit-compiled; shardings optional (unsharded default)."""
+    use_rollout = loss_config.use_tis
+
+    def micro_loss(params, ref_params, mb: TrainBatch, n):
+        logprobs, entropy = sequence_logprobs(graphdef, params, mb.input_ids, mb.attention_mask,
+                                              temperature=temperature, chunk_size=logprob_chunk,
+                                              return_entropy=True)
+        ref = None
+        if loss_config.kl_coef > 0:
+            ref = jax.lax.stop_gradient(sequence_logprobs(
+                graphdef, ref_params, mb.input_ids, mb.attention_mask,
+                temperature=temperature, chunk_size=logprob_chunk))
+        terms = policy_loss_terms(
+            logprobs, jax.lax.stop_gradient(logprobs), mb.advantages, mb.loss_mask, config=loss_config,
+            ref_logprobs=ref, rollout_logprobs=mb.rollout_logprobs if use_rollout else None,
+            entropy=jax.lax.stop_gradient(entropy))
+        valid = mb.loss_mask.astype(bool)
+        diff_max = jnp.max(jnp.where(valid, jnp.abs(jax.lax.stop_gradient(logprobs) - mb.rollout_logprobs), 0.0))
+        return terms["loss"][0] / n, (terms, diff_max)
+
+    grad_fn = jax.grad(micro_loss, has_aux=True)
+
+    def step(state: TrainState, batch: TrainBatch):
+        n = jnp.maximum(loss_count(batch.loss_mask, loss_config), 1).astype(jnp.float32)
+        micro = _split_micro(batch, micro_batches)
+        first = jax.tree.map(lambda x: x[0], micro)
+        terms_shape = jax.eval_shape(lambda: micro_loss(state.params, state.ref_params, first, n)[1][0])
+        zero_terms = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), terms_shape)
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+
+        def body(carry, mb):
+            grads, terms, diff_max = carry
+            g, (t, d) = grad_fn(state.params, state.ref_params, mb, n)
+            return (jax.tree.map(jnp.add, grads, g), add_terms(terms, t), jnp.maximum(diff_max, d)), None
+
+        (grads, terms, diff_max), _ = jax.lax.scan(body, (zero_grads, zero_terms, jnp.zeros(())), micro)
+        metrics = finalize_terms(terms)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = state._replace(
+            params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state),
+            step=state.step + finite.astype(jnp.int32), skipped=state.skipped + (~finite).astype(jnp.int32))
+        metrics.update(grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32), loss_tokens=n,
+                       rollout_logprob_abs_diff_max=diff_max)
+        if learning_rate is not None:
+            metrics["learning_rate"] = learning_rate(state.step)
+        return new_state, metrics
+
+    kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
+    if state_sharding is not None or batch_sharding is not None:
+        kwargs["in_shardings"] = (state_sharding, batch_sharding)
+        kwargs["out_shardings"] = (state_sharding, None)
+    return jax.jit(step, **kwargs)

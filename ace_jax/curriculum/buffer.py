@@ -16,6 +16,7 @@ Besides the per-entry arrays the buffer keeps, updated only where entries change
 from __future__ import annotations
 
 import hashlib
+from operator import itemgetter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -152,16 +153,30 @@ class EvolvingBuffer:
         self.priority[slots] = np.where(prot, np.inf, np.where(cooling, -1.0, lp))
 
     def _release(self, slots: np.ndarray) -> None:
-        """Evict: forget entries (their slots are about to be rewritten by the caller)."""
+        """Evict: unlink entries; the caller rewrites their slots at once (``_write_new``)."""
         if slots.size == 0:
             return
         self.index.delete(self.content_hash[slots], slots)
         parents = self.slots_of(self.parent_id[slots])
         _add_counts(self.n_children, parents[parents >= 0], -1)
-        self.store.discard(self.payload_id[slots][self.payload_id[slots] >= 0])
-        for name, (_, fill) in FIELDS.items():
-            getattr(self, name)[slots] = fill
+        pids = self.payload_id[slots]
+        self.store.discard(pids[pids >= 0])
+        self.entry_id[slots] = -1  # stale ids (children's parent links) stop resolving
         self.counters["n_evicted"] += int(slots.size)
+
+    def _write_new(self, slots: np.ndarray, values: Mapping[str, Any]) -> np.ndarray:
+        """Fill every field of fresh entries (``values`` or the free-slot value); returns ids."""
+        unknown = set(values) - set(FIELDS)
+        if unknown:
+            raise KeyError(f"unknown buffer field(s) {sorted(unknown)}")
+        ids = ((self.serial + np.arange(slots.size, dtype=np.int64)) << self.slot_bits) | slots
+        self.serial += int(slots.size)
+        for name, (_, fill) in FIELDS.items():
+            getattr(self, name)[slots] = values.get(name, fill)
+        self.entry_id[slots] = ids
+        self.counters["n_added"] += int(slots.size)
+        self._refresh(slots)
+        return ids
 
     def _allocate(self, m: int) -> np.ndarray:
         """``m`` slots: free ones first, then evictions (lowest priority, ties oldest)."""
@@ -180,11 +195,6 @@ class EvolvingBuffer:
         """Slots available to new entries: free plus unprotected."""
         return self._n_free + (self.size - self._roots.size)
 
-    def _new_ids(self, slots: np.ndarray) -> np.ndarray:
-        ids = ((self.serial + np.arange(slots.size, dtype=np.int64)) << self.slot_bits) | slots
-        self.serial += int(slots.size)
-        return ids
-
     # ------------------------------------------------------------------ adding
     def add_roots(self, task_ids: Sequence[int],
                   payloads: Sequence[Payload] | None = None) -> np.ndarray:
@@ -202,17 +212,12 @@ class EvolvingBuffer:
             raise ValueError(f"add_roots: {task_ids.size} roots do not fit; room for "
                              f"{self._room()} (capacity={cfg.capacity})")
         slots = self._allocate(task_ids.size)
-        ids = self._new_ids(slots)
-        self.entry_id[slots] = ids
-        self.task_id[slots] = task_ids
-        self.operator[slots] = OPERATORS.index("draft")
-        self.a[slots], self.b[slots] = cfg.prior_a, cfg.prior_b
-        self.protected[slots] = True
+        values = {"task_id": task_ids, "operator": OPERATORS.index("draft"),
+                  "a": cfg.prior_a, "b": cfg.prior_b, "protected": True}
         if payloads is not None:
-            self.payload_id[slots] = self.store.put_many(payloads)
+            values["payload_id"] = self.store.put_many(payloads)
+        ids = self._write_new(slots, values)
         self._roots = np.concatenate([self._roots, ids])
-        self.counters["n_added"] += int(slots.size)
-        self._refresh(slots)
         return ids
 
     def add_children(
@@ -263,20 +268,10 @@ class EvolvingBuffer:
         reason[rows[seen]] = 3
         rows = rows[~seen]
         # in-batch duplicates: keep the best q (then the first row) of each hash
-        order = rows[np.lexsort((rows, -q[rows], hashes[rows]))]
-        first = np.ones(order.size, dtype=bool)
-        first[1:] = hashes[order[1:]] != hashes[order[:-1]]
-        reason[order[~first]] = 3
-        rows = np.sort(order[first])
+        rows = self._best_q_per_group(rows, hashes, q, None, reason, 3, cap=1)
         # children per parent: best q first, up to max_children live children
-        order = rows[np.lexsort((rows, -q[rows], ps[rows]))]
-        new_group = np.ones(order.size, dtype=bool)
-        new_group[1:] = ps[order[1:]] != ps[order[:-1]]
-        starts = np.flatnonzero(new_group)
-        rank = np.arange(order.size) - np.repeat(starts, np.diff(np.append(starts, order.size)))
-        over = rank >= cfg.max_children - self.n_children[ps[order]].astype(np.int64)
-        reason[order[over]] = 4
-        rows = np.sort(order[~over])
+        rows = self._best_q_per_group(rows, ps, q, self.n_children, reason, 4,
+                                      cap=cfg.max_children)
         room = self._room()
         if rows.size > room:
             keep = rows[np.lexsort((rows, -q[rows]))][:room]
@@ -293,29 +288,43 @@ class EvolvingBuffer:
         par = ps[rows]
         pa, pb = self.a[par], self.b[par]
         scale = np.minimum(1.0, cfg.child_pseudo_counts / (pa + pb))
-        inherit = {
+        values = {
             "task_id": self.task_id[par], "a": pa * scale, "b": pb * scale,
             "ema_mean": self.ema_mean[par], "ema_std": self.ema_std[par],
+            "parent_id": parent_ids[rows], "depth": depth[rows], "operator": op[rows],
+            "q": q[rows], "content_hash": hashes[rows],
         }
-        slots = self._allocate(rows.size)
-        ids = self._new_ids(slots)
-        self.entry_id[slots] = ids
-        for name, value in inherit.items():
-            getattr(self, name)[slots] = value
-        self.parent_id[slots] = parent_ids[rows]
-        self.depth[slots] = depth[rows]
-        self.operator[slots] = op[rows]
-        self.q[slots] = q[rows]
-        self.content_hash[slots] = hashes[rows]
         if payloads is not None:
-            self.payload_id[slots] = self.store.put_many([payloads[i] for i in rows])
+            values["payload_id"] = self.store.put_many(_pick(payloads, rows))
+        slots = self._allocate(rows.size)
+        ids = self._write_new(slots, values)
         self.index.insert(hashes[rows], slots)
         live_par = self.slots_of(parent_ids[rows])  # a parent may have just been evicted
         _add_counts(self.n_children, live_par[live_par >= 0], 1)
-        self.counters["n_added"] += int(slots.size)
-        self._refresh(slots)
         out[rows] = ids
         return out
+
+    @staticmethod
+    def _best_q_per_group(rows, group, q, used, reason, code, cap) -> np.ndarray:
+        """Keep, per value v of ``group[rows]``, the ``cap - used[v]`` rows of best q (ties:
+        first row; ``used`` None: 0); mark the others ``reason = code``. Returns kept rows."""
+        if rows.size == 0:
+            return rows
+        g = group[rows]
+        gs = np.sort(g)
+        starts = np.flatnonzero(np.r_[True, gs[1:] != gs[:-1]])
+        counts = np.diff(np.r_[starts, gs.size])
+        room = np.full(starts.size, cap, dtype=np.int64)
+        if used is not None:
+            room -= used[gs[starts]]
+        if np.all(counts <= room):  # the common case: nothing to drop
+            return rows
+        order = np.lexsort((rows, -q[rows], g))
+        rank = np.arange(order.size) - np.repeat(starts, counts)
+        over = np.empty(order.size, dtype=bool)
+        over[order] = rank >= np.repeat(room, counts)
+        reason[rows[over]] = code
+        return rows[~over]
 
     # ------------------------------------------------------------------ recording
     def record(self, ids: Sequence[int], rewards: np.ndarray, successes: np.ndarray,
@@ -475,6 +484,14 @@ def _occurrence_rank(x: np.ndarray) -> np.ndarray:
     rank = np.empty_like(rank_sorted)
     rank[order] = rank_sorted
     return rank
+
+
+def _pick(items: Sequence[Any], rows: np.ndarray) -> list[Any]:
+    """items[i] for i in rows, as a list."""
+    if rows.size == 0:
+        return []
+    got = itemgetter(*rows.tolist())(items)
+    return [got] if rows.size == 1 else list(got)
 
 
 def _add_counts(arr: np.ndarray, slots: np.ndarray, sign: int) -> None:

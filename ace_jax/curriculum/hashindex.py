@@ -1,9 +1,10 @@
 """``HashIndex``: content hash -> slot, an open-addressing table in NumPy (for dedupe).
 
-Linear probing over a power-of-two table of int32 slot numbers (-1 empty, -2 deleted), at most
-half full. Lookups, inserts and deletes are vectorized over a batch of keys, probing all of
+Linear probing over a power-of-two table of int32 slot numbers (-1 empty, -2 deleted) with at
+least 4 positions per key (live keys fill at most a quarter, deleted marks at most an eighth
+before a rebuild), so probe runs stay short. Lookups, inserts and deletes are vectorized over a batch of keys, probing all of
 them one position per round. The keys themselves live in the buffer's ``content_hash`` array,
-so the table costs 4 bytes per position (8 per buffer slot).
+so the table costs 4 bytes per position (16 per buffer slot).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing spreads non-random key
 class HashIndex:
     def __init__(self, capacity: int, keys: np.ndarray) -> None:
         """``keys[slot]`` is the key of a slot (the buffer's array, read when probing)."""
-        self.bits = max(4, int(2 * max(1, capacity) - 1).bit_length())
+        self.bits = max(4, int(4 * max(1, capacity) - 1).bit_length())
         self.mask = (1 << self.bits) - 1
         self.table = np.full(1 << self.bits, _EMPTY, dtype=np.int32)
         self.keys = keys
@@ -42,21 +43,22 @@ class HashIndex:
         return out
 
     def insert(self, keys: np.ndarray, slots: np.ndarray) -> None:
-        """Add distinct keys that are not in the table yet."""
+        """Add distinct keys that are not in the table yet (with distinct slots)."""
         keys = np.asarray(keys, dtype=np.uint64)
         slots = np.asarray(slots, dtype=np.int32)
         pos = self._home(keys)
         active = np.arange(keys.size)
         while active.size:
             t = self.table[pos]
-            free = np.flatnonzero(t < 0)
-            # several keys may probe the same free position: the first one takes it
-            _, first = np.unique(pos[free], return_index=True)
-            won = free[first]
+            free = t < 0
+            # several keys may probe the same free position: write them all, and whichever
+            # slot number stuck has taken it (slots are distinct); the others probe on
+            fp = pos[free]
+            self.table[fp] = slots[active[free]]
+            won = np.zeros(active.size, dtype=bool)
+            won[free] = self.table[fp] == slots[active[free]]
             self.n_deleted -= int(np.count_nonzero(t[won] == _DELETED))
-            self.table[pos[won]] = slots[active[won]]
-            lost = np.ones(active.size, dtype=bool)
-            lost[won] = False
+            lost = ~won
             active, pos = active[lost], (pos[lost] + 1) & self.mask
 
     def delete(self, keys: np.ndarray, slots: np.ndarray) -> None:
@@ -74,7 +76,7 @@ class HashIndex:
             active, pos = active[~hit], (pos[~hit] + 1) & self.mask
             probes += 1
         self.n_deleted += int(keys.size)
-        if self.n_deleted > self.table.size // 4:
+        if self.n_deleted > self.table.size // 8:
             self.rebuild()
 
     def rebuild(self) -> None:

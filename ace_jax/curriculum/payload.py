@@ -8,6 +8,10 @@ in-memory copy of payloads whose entries were evicted (the file is append-only).
 ``state_dict`` holds what a checkpoint needs: in memory, the live payloads themselves; on disk,
 the file's length and offsets. Restoring truncates the file to that length, so payloads
 appended after the checkpoint are forgotten.
+
+Payloads are kept as given (no copy; do not mutate one after putting it). ``put_many`` checks
+that each is a dict; that keys and values are strings is checked when they are written to disk
+or, in memory, by ``state_dict`` (once per checkpoint, off the per-step hot path).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ class PayloadStore:
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = None if path is None else Path(path)
         self._next_id = 0
-        self._mem: dict[int, dict[str, str]] = {}  # memory mode: id -> payload
+        self._mem: list[dict[str, str] | None] = []  # memory mode: id -> payload (None: gone)
         self._offsets = array("q")  # disk mode: byte offset of each line
         self._nbytes = 0
         self._fh = None
@@ -49,13 +53,15 @@ class PayloadStore:
         return int(self.put_many([payload])[0])
 
     def put_many(self, payloads: Sequence[Payload]) -> np.ndarray:
-        """Store payloads in order; returns their ids (int64)."""
+        """Store dict payloads in order; returns their ids (int64)."""
         n = len(payloads)
         ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-        checked = _check_all(payloads)
+        checked = _check_dicts(payloads)
         if not self._disk:
-            self._mem.update(zip(range(self._next_id, self._next_id + n), checked))
+            self._mem.extend(checked)
         else:
+            for pid, p in enumerate(checked, self._next_id):
+                _check_strings(pid, p)
             lines = [
                 (json.dumps(p, ensure_ascii=False, sort_keys=True) + "\n").encode()
                 for p in checked
@@ -70,8 +76,10 @@ class PayloadStore:
     def discard(self, ids: Iterable[int]) -> None:
         """Forget payloads no entry refers to any more (memory mode frees them; ids < 0 ignored)."""
         if not self._disk:
-            for i in ids:
-                self._mem.pop(int(i), None)
+            mem = self._mem
+            ids = np.asarray(ids, dtype=np.int64)
+            for i in ids[(ids >= 0) & (ids < self._next_id)].tolist():
+                mem[i] = None
 
     # ------------------------------------------------------------------ reading
     def get(self, pid: int) -> dict[str, str]:
@@ -79,7 +87,7 @@ class PayloadStore:
         if not 0 <= pid < self._next_id:
             raise KeyError(f"payload id {pid} is unknown (store holds ids 0..{self._next_id - 1})")
         if not self._disk:
-            if pid not in self._mem:
+            if self._mem[pid] is None:
                 raise KeyError(f"payload id {pid} was discarded")
             return dict(self._mem[pid])
         if self._fh is not None:
@@ -96,14 +104,16 @@ class PayloadStore:
     def __contains__(self, pid: int) -> bool:
         pid = int(pid)
         if not self._disk:
-            return pid in self._mem
+            return 0 <= pid < self._next_id and self._mem[pid] is not None
         return 0 <= pid < self._next_id
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
         """A copy of everything needed to restore this store exactly."""
         if not self._disk:
-            ids = sorted(self._mem)
+            ids = [i for i, p in enumerate(self._mem) if p is not None]
+            for pid in ids:
+                _check_strings(pid, self._mem[pid])
             return {
                 "mode": "memory",
                 "next_id": self._next_id,
@@ -130,7 +140,9 @@ class PayloadStore:
         store = cls()
         store._next_id = int(state["next_id"])
         if mode == "memory":
-            store._mem = {int(i): dict(p) for i, p in zip(state["ids"], state["payloads"])}
+            store._mem = [None] * store._next_id
+            for i, p in zip(np.asarray(state["ids"]).tolist(), state["payloads"]):
+                store._mem[i] = dict(p)
             return store
         if mode != "disk":
             raise ValueError(f"payload store mode={mode!r} is not allowed; allowed: disk, memory")
@@ -167,15 +179,17 @@ class PayloadStore:
             pass
 
 
-def _check_all(payloads: Sequence[Payload]) -> list[dict[str, str]]:
-    """Plain-dict copies of ``payloads``, or TypeError unless each maps str to str."""
-    out = [dict(p) for p in payloads]  # TypeError for non-mappings
-    types = set(map(type, chain.from_iterable(out)))
-    types |= set(map(type, chain.from_iterable(map(dict.values, out))))
-    if types - {str}:
-        for d in out:
-            for k, v in d.items():
-                if not isinstance(k, str) or not isinstance(v, str):
-                    raise TypeError(f"payload key {k!r} must map a str to a str, got "
-                                    f"{type(v).__name__}")
+def _check_dicts(payloads: Sequence[Payload]) -> list[dict[str, str]]:
+    """``payloads`` as a list, or TypeError unless each one is a dict (the hot-path check)."""
+    out = payloads if isinstance(payloads, list) else list(payloads)
+    if not set(map(type, out)) <= {dict}:
+        bad = next(p for p in out if not isinstance(p, dict))
+        raise TypeError(f"a payload must be a dict of strings, got {type(bad).__name__}")
     return out
+
+
+def _check_strings(pid: int, payload: Payload) -> None:
+    for k, v in payload.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"payload {pid}: key {k!r} must map a str to a str, got "
+                            f"{type(v).__name__}")

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ace_jax.curriculum import (CurriculumConfig, EvolvingBuffer, LearnabilitySampler,
-                                PayloadStore, content_hash, get_potential)
+                                PayloadStore, content_hash, get_potential, load_state,
+                                save_state)
 from ace_jax.curriculum.synthetic import fill_synthetic
 
 SETTINGS = settings(max_examples=20, deadline=None)
@@ -297,8 +298,9 @@ def _drive(buf, sampler, rng, steps, start):
     return out
 
 
-@pytest.mark.parametrize("disk", [False, True])
-def test_state_dict_round_trip_is_exact(tmp_path, disk):
+@pytest.mark.parametrize("disk, via_files", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_state_dict_round_trip_is_exact(tmp_path, disk, via_files):
     store = PayloadStore(tmp_path / "p.jsonl") if disk else PayloadStore()
     buf = EvolvingBuffer(CurriculumConfig(capacity=100, cooldown_base=3, cooldown_groups=1), store)
     buf.add_roots(np.arange(4), [{"spec": str(t)} for t in range(4)])
@@ -306,14 +308,19 @@ def test_state_dict_round_trip_is_exact(tmp_path, disk):
     rng = np.random.default_rng(0)
     _drive(buf, sampler, rng, 6, 0)
     state, s_state = buf.state_dict(), sampler.state_dict()
+    if via_files:
+        save_state(tmp_path / "ckpt", buf, sampler)
     rng_state = rng.bit_generator.state
     assert buf.counters["n_evicted"] > 0 and (buf.cool_until >= 0).any()
     after = _drive(buf, sampler, rng, 5, 6)  # the original goes on (the payload file grows)
     final = buf.state_dict()
     buf.store.close()
 
-    buf2 = EvolvingBuffer.from_state_dict(state)
-    sampler2 = LearnabilitySampler.from_state_dict(s_state)
+    if via_files:
+        buf2, sampler2 = load_state(tmp_path / "ckpt")
+    else:
+        buf2 = EvolvingBuffer.from_state_dict(state)
+        sampler2 = LearnabilitySampler.from_state_dict(s_state)
     _assert_states_equal(buf2.state_dict(), state)
     assert sampler2.rng.bit_generator.state == s_state["rng"]
     if disk:

@@ -154,6 +154,22 @@ def test_few_eligible_entries_are_topped_up_with_roots():
     assert LearnabilitySampler(0).sample(buf, 40).size == 13
 
 
+def test_a_stream_stuck_on_one_heavy_entry_falls_back_exactly():
+    """eps = 0 and a tiny tau: one entry holds almost all mass; the rest come by Gumbel-top-k."""
+    buf = EvolvingBuffer(CurriculumConfig(capacity=200, potential="p1mp", eps=0.0, tau=0.005,
+                                          root_mix=0.0, cooldown_groups=100, max_children=200))
+    roots = buf.add_roots([0])
+    kids = buf.add_children(np.repeat(roots, 150), np.zeros(150), 2, hashes=np.arange(150))
+    buf.record(kids[:1], np.tile([0.0, 1.0], (1, 4)), np.tile([0, 1], (1, 4)), 0)  # p = 1/2
+    succ = np.zeros((149, 8), bool)
+    succ[:, 0] = True  # p = 1/9 for the rest
+    buf.record(kids[1:], succ * 1.0, succ, 0)
+    ids, p = LearnabilitySampler().probabilities(buf)
+    assert p[ids != kids[0]].sum() < 1e-29
+    batch = LearnabilitySampler(0, dense_below=0).sample(buf, 5)
+    assert batch[0] == kids[0] and np.unique(batch).size == 5 and np.all(np.isin(batch, kids))
+
+
 def test_sampler_state_round_trip_continues_the_stream():
     buf = _random_buffer(4)
     s = LearnabilitySampler(11)

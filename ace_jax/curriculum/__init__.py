@@ -2,6 +2,7 @@
 
 from .buffer import FIELDS, OPERATORS, REJECT_REASONS, EvolvingBuffer, content_hash
 from .config import CurriculumConfig
+from .io import load_state, save_state
 from .metrics import MetricsLog, frontier_fraction, plot_metrics, step_metrics
 from .payload import PayloadStore
 from .potentials import POTENTIALS, LPInputs, Potential, get_potential, register_potential
@@ -22,7 +23,9 @@ __all__ = [
     "content_hash",
     "frontier_fraction",
     "get_potential",
+    "load_state",
     "plot_metrics",
     "register_potential",
+    "save_state",
     "step_metrics",
 ]

@@ -105,7 +105,8 @@ def main() -> int:
           f"{'yes' if bpe < 200 else 'NO'}")
     print(f"evictions {buf.counters['n_evicted']:,}, cooling "
           f"{int((buf.cool_until >= 0).sum()):,}, eligible {buf.n_eligible:,}")
-    print(f"ratio curriculum_sample_ms_per_512 {np.median(np.array(times['sample 512'])[:, 0]):.3f}")
+    sample_ms = np.median(np.array(times["sample 512"])[:, 0])
+    print(f"ratio curriculum_sample_ms_per_512 {sample_ms:.3f}")
     return 0
 
 

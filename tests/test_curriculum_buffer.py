@@ -133,7 +133,8 @@ def test_children_inherit_scaled_counts_and_depth():
     a0, b0 = 0.9 + 8, 0.9
     kid = _kids(buf, [roots[0]], [0.4])[0]
     f = buf.fields([kid])
-    assert f["a"][0] == pytest.approx(2 * a0 / (a0 + b0)) and f["b"][0] == pytest.approx(2 * b0 / (a0 + b0))
+    assert f["a"][0] == pytest.approx(2 * a0 / (a0 + b0))
+    assert f["b"][0] == pytest.approx(2 * b0 / (a0 + b0))
     assert f["depth"][0] == 1 and f["parent_id"][0] == roots[0] and f["task_id"][0] == 0
     assert f["ema_mean"][0] == buf.fields(roots[:1])["ema_mean"][0] and f["visits"][0] == 0
     assert f["q"][0] == pytest.approx(0.4) and f["operator"][0] == 2

@@ -18,7 +18,8 @@ def test_defaults_are_the_spec_values():
 
 
 def test_from_dict_round_trip_and_coercion():
-    c = CurriculumConfig.from_dict({"tau": "0.5", "capacity": "128", "eps": 0, "potential": "uniform"})
+    c = CurriculumConfig.from_dict({"tau": "0.5", "capacity": "128", "eps": 0,
+                                    "potential": "uniform"})
     assert (c.tau, c.capacity, c.eps, c.potential) == (0.5, 128, 0.0, "uniform")
     assert isinstance(c.eps, float)
     assert CurriculumConfig.from_dict(c.to_dict()) == c
@@ -27,7 +28,8 @@ def test_from_dict_round_trip_and_coercion():
 
 
 def test_unknown_key_names_it_and_the_allowed_keys():
-    with pytest.raises(ValueError, match=r"unknown CurriculumConfig key\(s\) \['temperature'\].*'tau'"):
+    with pytest.raises(ValueError,
+                       match=r"unknown CurriculumConfig key\(s\) \['temperature'\].*'tau'"):
         CurriculumConfig.from_dict({"temperature": 0.3})
 
 

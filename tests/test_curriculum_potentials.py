@@ -57,7 +57,8 @@ def test_buffer_lp_is_the_configured_potential(name):
     buf = EvolvingBuffer(CurriculumConfig(capacity=300, potential=name))
     fill_synthetic(buf, 300, np.random.default_rng(1), n_tasks=5)
     live = buf.live_slots()
-    np.testing.assert_array_equal(buf.lp[live], get_potential(name)(buf.lp_inputs(live), buf.config))
+    want = get_potential(name)(buf.lp_inputs(live), buf.config)
+    np.testing.assert_array_equal(buf.lp[live], want)
 
 
 def test_registry_rejects_unknown_and_duplicate_names():

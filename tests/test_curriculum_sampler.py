@@ -18,7 +18,8 @@ def _lp_direct(buf, slots):
     a, b = buf.a[slots], buf.b[slots]
     q, n = buf.q[slots].astype(np.float64), buf.visits[slots].astype(np.float64)
     return {
-        "frontier": 4 * a * b / ((a + b) * (a + b + 1)) * (1 - q) ** cfg.beta + cfg.c / np.sqrt(1 + n),
+        "frontier": (4 * a * b / ((a + b) * (a + b + 1)) * (1 - q) ** cfg.beta
+                     + cfg.c / np.sqrt(1 + n)),
         "variance": buf.ema_std[slots].astype(np.float64),
         "p1mp": 4 * (a / (a + b)) * (b / (a + b)),
         "uniform": np.ones(slots.size),

@@ -257,7 +257,8 @@ class EvolvingBuffer:
         if hashes is None:
             if payloads is None:
                 raise ValueError("add_children: give hashes or payloads with a 'code' field")
-            hashes = [content_hash(t, p.get("code", "")) for t, p in zip(self.task_id[ps], payloads)]
+            hashes = [content_hash(t, p.get("code", ""))
+                      for t, p in zip(self.task_id[ps], payloads)]
         hashes = np.asarray(hashes, dtype=np.uint64).reshape(-1)
         if hashes.size != m:
             raise ValueError(f"add_children: {hashes.size} hashes for {m} rollouts")
@@ -378,7 +379,8 @@ class EvolvingBuffer:
         streak = np.where(flat, np.minimum(self.flat_streak[s].astype(np.int64) + 1,
                                            cfg.cooldown_groups), 0)
         level = np.where(flat, self.cool_level[s], 0).astype(np.int64)
-        start = flat & (streak >= cfg.cooldown_groups) & ~self.protected[s] & (self.cool_until[s] < 0)
+        start = (flat & (streak >= cfg.cooldown_groups) & ~self.protected[s]
+                 & (self.cool_until[s] < 0))
         until = step + cfg.cooldown_base * (2 ** level)
         self.flat_streak[s] = np.where(start, 0, streak)
         self.cool_level[s] = np.where(start, np.minimum(level + 1, cfg.cooldown_max_level), level)

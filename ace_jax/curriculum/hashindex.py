@@ -2,9 +2,9 @@
 
 Linear probing over a power-of-two table of int32 slot numbers (-1 empty, -2 deleted) with at
 least 4 positions per key (live keys fill at most a quarter, deleted marks at most an eighth
-before a rebuild), so probe runs stay short. Lookups, inserts and deletes are vectorized over a batch of keys, probing all of
-them one position per round. The keys themselves live in the buffer's ``content_hash`` array,
-so the table costs 4 bytes per position (16 per buffer slot).
+before a rebuild), so probe runs stay short. Lookups, inserts and deletes are vectorized over a
+batch of keys, probing all of them one position per round. The keys themselves live in the
+buffer's ``content_hash`` array, so the table costs 4 bytes per position (16 per buffer slot).
 """
 
 from __future__ import annotations

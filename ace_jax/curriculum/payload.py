@@ -17,7 +17,6 @@ or, in memory, by ``state_dict`` (once per checkpoint, off the per-step hot path
 from __future__ import annotations
 
 import json
-from itertools import chain
 from array import array
 import os
 from pathlib import Path

@@ -30,7 +30,8 @@ def fill_synthetic(buffer: EvolvingBuffer, n_entries: int, rng: np.random.Genera
             p = parents[lo : lo + batch]
             q = rng.random(p.size)
             op = np.where(q > 0.3, 2, 1)
-            ids = buffer.add_children(p, q, op, hashes=rng.integers(0, 2**63, p.size, dtype=np.uint64))
+            hashes = rng.integers(0, 2**63, p.size, dtype=np.uint64)
+            ids = buffer.add_children(p, q, op, hashes=hashes)
             kids.append(ids[ids >= 0])
         frontier = np.concatenate(kids) if kids else np.empty(0, np.int64)
     ids = buffer.entry_id[buffer.live_slots()]

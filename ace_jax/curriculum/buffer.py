@@ -437,11 +437,10 @@ class EvolvingBuffer:
         buf._roots = np.asarray(state["roots"], dtype=np.int64).copy()
         buf.serial, buf.step = int(state["serial"]), int(state["step"])
         buf.counters = {k: int(state["counters"].get(k, 0)) for k in _COUNTERS}
-        buf.tree.w[buf.tree.size : buf.tree.size + buf.capacity] = state["tree_weight"]
         live = buf.live_slots()
-        elig = (buf.cool_until[live] < 0) & ~buf.protected[live]
-        buf.tree.c[buf.tree.size + live] = elig
-        buf.tree.rebuild()
+        counts = np.zeros(buf.capacity)
+        counts[live] = (buf.cool_until[live] < 0) & ~buf.protected[live]
+        buf.tree.set_leaves(state["tree_weight"], counts)
         kids = live[~buf.protected[live]]
         buf.index.insert(buf.content_hash[kids], kids)
         cool = live[buf.cool_until[live] >= 0]

@@ -53,7 +53,7 @@ class LearnabilitySampler:
             return np.zeros(0)
         alpha, beta = self._mix(buffer)
         if alpha is not None:
-            return alpha * buffer.tree.w[buffer.tree.size + slots] + beta
+            return alpha * buffer.tree.leaf_weights()[slots] + beta
         # every weight underflowed (tiny tau): softmax with max-subtraction instead
         z = buffer.lp[slots] / buffer.config.tau
         e = np.exp(z - z.max())

@@ -15,6 +15,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ace_jax.models.constraints import expert_ffn
+
 
 class Routing(NamedTuple):
     """Router decision for N tokens: weights [N, k] (hidden dtype), expert ids [N, k], probs [N, E] fp32."""
@@ -115,7 +117,8 @@ def moe_block(x: jax.Array, router: jax.Array, gate: jax.Array, up: jax.Array, d
     if backend not in BACKENDS:
         raise ValueError(f"unknown moe_backend {backend!r}; allowed: {sorted(BACKENDS)}")
     routing = route(x, router, top_k, norm_topk_prob, forced_ids)
-    y = BACKENDS[backend](x, routing, gate.astype(x.dtype), up.astype(x.dtype), down.astype(x.dtype))
+    ffn = expert_ffn(backend, BACKENDS[backend])  # expert parallelism when sharding hooks are active
+    y = ffn(x, routing, gate.astype(x.dtype), up.astype(x.dtype), down.astype(x.dtype))
     num_experts = gate.shape[0]
     valid = jnp.ones(x.shape[0], jnp.float32) if token_mask is None else token_mask.astype(jnp.float32)
     load = jnp.zeros(num_experts, jnp.float32).at[routing.ids].add(

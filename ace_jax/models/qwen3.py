@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ace_jax.models.config import Qwen3Config
+from ace_jax.models.constraints import constrain
 from ace_jax.models.layers import (apply_rope, attend, build_attention_mask, param, rms_norm,
                                    rope_tables, swiglu)
 from ace_jax.models.moe import moe_block
@@ -90,8 +91,11 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
     q = jnp.einsum("bth,hnd->btnd", h, w["q_proj"])
     k = jnp.einsum("bth,hkd->btkd", h, w["k_proj"])
     v = jnp.einsum("bth,hkd->btkd", h, w["v_proj"])
-    q = apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), ctx["cos"], ctx["sin"])
-    k = apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), ctx["cos"], ctx["sin"])
+    q = constrain(apply_rope(rms_norm(q, w["q_norm"], cfg.rms_norm_eps), ctx["cos"], ctx["sin"]),
+                  ("batch", "seq", "heads", "head_dim"))
+    k = constrain(apply_rope(rms_norm(k, w["k_norm"], cfg.rms_norm_eps), ctx["cos"], ctx["sin"]),
+                  ("batch", "seq", "kv_heads", "head_dim"))
+    v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
     new_kv = None
     if cache_kv is not None:
         slots = ctx["cache_slots"]
@@ -100,7 +104,7 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
         new_kv = (k_all, v_all)
         k, v = k_all.astype(cdt), v_all.astype(cdt)
     attn = attend(q, k, v, ctx["mask"])
-    x = x + jnp.einsum("btnd,ndh->bth", attn, w["o_proj"])
+    x = constrain(x + jnp.einsum("btnd,ndh->bth", attn, w["o_proj"]), ("batch", "seq", "embed"))
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     ids = stats = None
     if is_moe:
@@ -114,7 +118,7 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
         ids = ids.reshape(b, t, -1)
     else:
         y = swiglu(h, w["gate_proj"], w["up_proj"], w["down_proj"])
-    return x + y, new_kv, ids, stats
+    return constrain(x + y, ("batch", "seq", "embed")), new_kv, ids, stats
 
 
 def _run_forward(cfg: Qwen3Config, run: LayerRun, x, ctx, cache_kv, forced_ids):
@@ -195,7 +199,7 @@ class Qwen3ForCausalLM(nnx.Module):
             token_mask = None
         ctx = dict(cos=cos, sin=sin, mask=mask, token_mask=token_mask,
                    cache_slots=None if cache is None else slots)
-        x = self.embed[...].astype(cdt)[input_ids]
+        x = constrain(self.embed[...].astype(cdt)[input_ids], ("batch", "seq", "embed"))
         new_keys, new_values, all_ids, loads, auxes = [], [], [], [], []
         moe_seen = 0
         for r, run in enumerate(self.runs):
@@ -217,6 +221,7 @@ class Qwen3ForCausalLM(nnx.Module):
         if compute_logits:
             logits = jnp.einsum("bth,hv->btv", hidden, self.lm_head_weight().astype(cdt),
                                 preferred_element_type=jnp.float32)
+            logits = constrain(logits, ("batch", "seq", "vocab"))
         router = None
         if all_ids:
             router = RouterStats(jnp.concatenate(all_ids, axis=2), jnp.concatenate(loads, axis=0),

@@ -1,0 +1,38 @@
+"""Hooks a model uses while traced on a mesh: activation constraints and expert parallelism.
+
+`model_hooks(mesh, rules, expert_parallel)` returns an object with `constrain(x, logical_axes)`
+and (when expert parallelism is on) `expert_ffn(backend, default)`; activate it with the model's
+hook context (`ace_jax.models.constraints.use(hooks)`) around tracing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from sharding.expert_parallel import expert_parallel_ffn
+from sharding.mesh import EXPERT_PARALLEL, MeshConfig
+from sharding.rules import Rules, activation_constrainer, as_rules
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelHooks:
+    mesh: Any
+    rules: Rules
+    constrain: Callable
+    expert_ffn: Callable | None = None
+
+
+def model_hooks(mesh, rules, expert_parallel: str = "none", constrain: bool = True) -> ModelHooks:
+    """Hooks for `mesh` and `rules`; `expert_parallel` in ('none', 'ring', 'all_to_all')."""
+    if expert_parallel not in EXPERT_PARALLEL:
+        raise ValueError(f"expert_parallel is {expert_parallel!r}; allowed: {list(EXPERT_PARALLEL)}")
+    rules = as_rules(rules)
+    fn = activation_constrainer(mesh, rules) if constrain else (lambda x, axes: x)
+    ep = None if expert_parallel == "none" else expert_parallel_ffn(mesh, rules, expert_parallel)
+    return ModelHooks(mesh, rules, fn, ep)
+
+
+def hooks_for(cfg: MeshConfig, mesh) -> ModelHooks:
+    """Hooks for a mesh config (its rules and expert-parallel scheme)."""
+    return model_hooks(mesh, cfg.rules, cfg.expert_parallel)

@@ -46,8 +46,6 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                     learning_rate: Callable[[jax.Array], jax.Array] | None = None,
                     state_sharding: Any = None, batch_sharding: Any = None, donate: bool = True):
     """(state, batch) -> (state, metrics), jit-compiled; shardings optional (unsharded default)."""
-    use_rollout = loss_config.use_tis
-
     def micro_loss(params, ref_params, mb: TrainBatch, n):
         logprobs, entropy = sequence_logprobs(graphdef, params, mb.input_ids, mb.attention_mask,
                                               temperature=temperature, chunk_size=logprob_chunk,
@@ -59,7 +57,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                 temperature=temperature, chunk_size=logprob_chunk))
         terms = policy_loss_terms(
             logprobs, jax.lax.stop_gradient(logprobs), mb.advantages, mb.loss_mask, config=loss_config,
-            ref_logprobs=ref, rollout_logprobs=mb.rollout_logprobs if use_rollout else None,
+            ref_logprobs=ref, rollout_logprobs=mb.rollout_logprobs,
             entropy=jax.lax.stop_gradient(entropy))
         valid = mb.loss_mask.astype(bool)
         diff_max = jnp.max(jnp.where(valid, jnp.abs(jax.lax.stop_gradient(logprobs) - mb.rollout_logprobs), 0.0))

@@ -1,0 +1,67 @@
+"""Prompt and response codecs: MLE states -> prompt token ids, completion ids -> response text.
+
+`SpecCodec` (tiny models): a word-level tokenizer over spec prompts; the response is a spec.
+`ChatCodec` (real models): the Qwen3 tokenizer and chat template over the full prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from rollout.env.prompts import build_prompt, spec_prompt
+from rollout.env.spec_vocab import build_spec_tokenizer
+from rollout.env.state import State
+from rollout.env.tasks import Task
+
+
+class Codec(Protocol):
+    mode: str
+    vocab_size: int
+    stop_ids: tuple[int, ...]
+    pad_id: int
+
+    def encode_prompt(self, state: State, task: Task) -> list[int]: ...
+
+    def decode_response(self, ids: list[int]) -> str: ...
+
+
+class SpecCodec:
+    """Word-level spec mode for tiny models."""
+
+    mode = "spec"
+
+    def __init__(self, tasks: list[Task]):
+        self.tokenizer = build_spec_tokenizer(tasks)
+        self.vocab_size = self.tokenizer.vocab_size
+        self.stop_ids = (self.tokenizer.eos_id,)
+        self.pad_id = self.tokenizer.pad_id
+
+    def encode_prompt(self, state: State, task: Task) -> list[int]:
+        return self.tokenizer.encode(spec_prompt(state, task), add_bos=True)
+
+    def decode_response(self, ids: list[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i not in self.stop_ids])
+
+
+class ChatCodec:
+    """Qwen3 chat mode: full prompts within a token budget, fenced-code responses."""
+
+    mode = "code"
+
+    def __init__(self, tokenizer=None, budget_tokens: int = 6000):
+        if tokenizer is None:
+            from ace_jax.tokenizer import load_qwen3_tokenizer
+            tokenizer = load_qwen3_tokenizer()
+        self.tokenizer = tokenizer
+        self.budget_tokens = budget_tokens
+        self.vocab_size = len(tokenizer)
+        self.stop_ids = (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>"))
+        self.pad_id = tokenizer.pad_token_id
+
+    def encode_prompt(self, state: State, task: Task) -> list[int]:
+        prompt = build_prompt(state, task, budget_tokens=self.budget_tokens)
+        return list(self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False))
+
+    def decode_response(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False).replace("<|im_end|>", "")

@@ -1,0 +1,47 @@
+"""Fixed-shape update batches from a rollout round: k groups, informative ones first.
+
+Groups whose rewards have (near) zero variance carry no signal; the batch holds up to k
+informative groups and pads the rest with fully masked groups, so its shape never changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ace_jax.train.batch import TrainBatch, make_batch
+from ace_jax.train.rollouts import RolloutRound
+
+
+def choose_groups(group_mask: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(group indices [k], informative flags [k]): informative groups first, then fillers."""
+    group_mask = np.asarray(group_mask, bool)
+    if group_mask.size == 0:
+        raise ValueError("no groups to build a batch from")
+    informative = np.flatnonzero(group_mask)[:k]
+    fillers = np.flatnonzero(~group_mask)
+    need = k - informative.size
+    if fillers.size:
+        fillers = np.resize(fillers, need)
+    else:  # every group is informative but fewer than k: repeat them, masked
+        fillers = np.resize(informative, need)
+    chosen = np.concatenate([informative, fillers]).astype(np.int64)
+    flags = np.zeros(k, bool)
+    flags[:informative.size] = True
+    return chosen, flags
+
+
+def assemble_batch(rollouts: RolloutRound, advantages: np.ndarray, group_mask: np.ndarray, k: int,
+                   buckets: tuple[int, ...], pad_id: int) -> tuple[TrainBatch, int]:
+    """The update batch ([k * G] rows) and the number of informative groups in it."""
+    chosen, flags = choose_groups(group_mask, k)
+    prompts, completions, adv, lps, keep = [], [], [], [], []
+    for g, informative in zip(chosen, flags):
+        for j, completion in enumerate(rollouts.completions[g]):
+            prompts.append(rollouts.prompts[g])
+            completions.append(completion)
+            lps.append(rollouts.logprobs[g][j])
+            adv.append(float(advantages[g, j]) if informative else 0.0)
+            keep.append(informative)
+    batch = make_batch(prompts, completions, adv, lps, pad_id=pad_id, buckets=buckets)
+    loss_mask = batch.loss_mask * np.asarray(keep, batch.loss_mask.dtype)[:, None]
+    return batch._replace(loss_mask=loss_mask), int(flags.sum())

@@ -1,0 +1,246 @@
+"""The AceGRPO training loop: curriculum -> rollouts -> sandboxed grading -> buffer -> GRPO step.
+
+One step: the Learnability-Potential sampler draws states from the Evolving Data Buffer, the
+rollout engine samples G actions per state, the sandbox pool executes them, rewards update the
+buffer (and new results become child states), advantages pick the informative groups, and the
+jit-compiled update runs on a fixed-shape batch. Weights then sync to the engine, metrics are
+logged (a line per step with rate and ETA, metrics.jsonl, PNG plots at the end) and the train
+state, buffer and sampler are checkpointed together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ace_jax.agent.codec import ChatCodec, SpecCodec
+from ace_jax.agent.states import child_records, entry_state
+from ace_jax.config import ExperimentConfig
+from ace_jax.curriculum import EvolvingBuffer, LearnabilitySampler, MetricsLog, plot_metrics
+from ace_jax.grpo import compute_advantages
+from ace_jax.models import Qwen3ForCausalLM, get_config
+from ace_jax.train.assemble import assemble_batch
+from ace_jax.train.checkpoint import TrainCheckpointer
+from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from ace_jax.train.rollouts import collect
+from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
+from ace_jax.train.state import create_train_state
+from ace_jax.train.step import make_train_step
+from rollout.env.prepare import ensure_tasks
+from rollout.env.tasks import load_tasks
+from rollout.sandbox.base import Limits
+from rollout.sandbox.pool import WorkerPool
+from rollout.sandbox.select import make_sandbox
+
+log = logging.getLogger(__name__)
+MODEL_CONFIG_FILE = "model_config.json"
+EXPERIMENT_FILE = "experiment.json"
+
+
+def select_tasks(spec: str) -> dict:
+    """Built-in split ("train", "heldout", "all") or a directory of prepared tasks."""
+    if spec in ("train", "heldout", "all"):
+        tasks = ensure_tasks()
+        return {k: t for k, t in tasks.items() if spec == "all" or t.config.split == spec}
+    tasks = load_tasks(spec)
+    if not tasks:
+        raise ValueError(f"env.tasks: no tasks found under {spec!r} (expected train, heldout, all or a directory)")
+    return tasks
+
+
+def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3ForCausalLM:
+    """The policy: a preset sized to the codec's vocabulary, or a HF checkpoint."""
+    if cfg.model.hf:
+        from ace_jax.checkpoint import hf
+        return hf.load(cfg.model.hf, **dict(cfg.model.overrides))
+    overrides = dict(cfg.model.overrides)
+    preset = get_config(cfg.model.preset, **overrides)
+    if preset.vocab_size < vocab_size or cfg.env.mode == "spec":
+        overrides["vocab_size"] = vocab_size  # spec mode: exactly the word vocabulary
+    overrides.setdefault("pad_token_id", pad_id)
+    overrides.setdefault("eos_token_id", eos_id)
+    model_cfg = get_config(cfg.model.preset, **overrides)
+    return Qwen3ForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+
+
+class Trainer:
+    """Owns the model state, engine, sandboxes, buffer and sampler of one run directory."""
+
+    def __init__(self, cfg: ExperimentConfig, *, echo: Callable[[str], None] = print):
+        self.cfg, self.echo = cfg, echo
+        self.run_dir = cfg.train.run_dir
+        os.makedirs(self.run_dir, exist_ok=True)
+        self.tasks = select_tasks(cfg.env.tasks)
+        self.task_ids = sorted(self.tasks)
+        self.codec = SpecCodec(list(self.tasks.values())) if cfg.env.mode == "spec" else ChatCodec(
+            budget_tokens=cfg.env.prompt_budget_tokens)
+        model = build_model(cfg, self.codec.vocab_size, self.codec.pad_id, self.codec.stop_ids[0])
+        self.model_config = model.config
+        opt_cfg = cfg.optimizer if cfg.optimizer.total_steps != OptimizerConfig().total_steps else \
+            dataclasses.replace(cfg.optimizer, total_steps=max(cfg.train.steps, 1))
+        self.optimizer = make_optimizer(opt_cfg)
+        self.loss_config = cfg.loss if cfg.loss.max_new_tokens else cfg.loss.replace(
+            max_new_tokens=cfg.rollout.max_new_tokens)
+        self.graphdef, self.state = create_train_state(model, self.optimizer, seed=cfg.train.seed,
+                                                       with_reference=self.loss_config.kl_coef > 0)
+        self.step_fn = make_train_step(self.graphdef, self.optimizer, self.loss_config,
+                                       micro_batches=cfg.train.micro_batches,
+                                       temperature=cfg.rollout.temperature,
+                                       logprob_chunk=cfg.train.logprob_chunk,
+                                       learning_rate=learning_rate_schedule(opt_cfg))
+        self.engine = self._make_engine(model)
+        sandbox = make_sandbox(cfg.env.sandbox)
+        self.pool = WorkerPool(sandbox, cfg.env.workers)
+        self.limits = Limits(timeout_s=cfg.env.timeout_s)
+        self.buffer = EvolvingBuffer(cfg.curriculum)
+        self.buffer.add_roots(np.arange(len(self.task_ids)))
+        self.sampler = LearnabilitySampler(seed=cfg.train.seed)
+        self.curriculum_log = MetricsLog()
+        self.history: list[dict[str, Any]] = []
+        self.step = 0
+        self.checkpointer = TrainCheckpointer(os.path.join(self.run_dir, "checkpoints"),
+                                              max_to_keep=max(cfg.train.keep_checkpoints, 2))
+        self._write_run_files()
+        self._maybe_resume()
+
+    # ------------------------------------------------------------------------- setup
+    def _make_engine(self, model):
+        if self.cfg.rollout.engine == "jax":
+            from ace_jax.inference.engine import JaxEngine
+            return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed)
+        from rollout.sglang import SGLangEngine
+        return SGLangEngine.from_config(self.cfg.rollout)
+
+    def _write_run_files(self) -> None:
+        with open(os.path.join(self.run_dir, MODEL_CONFIG_FILE), "w") as f:
+            json.dump({**self.model_config.to_hf(), "ace_jax_runtime": {
+                k: getattr(self.model_config, k) for k in ("param_dtype", "compute_dtype", "moe_backend", "remat")}}, f, indent=2)
+        with open(os.path.join(self.run_dir, EXPERIMENT_FILE), "w") as f:
+            json.dump(self.cfg.to_dict(), f, indent=2)
+
+    def _maybe_resume(self) -> None:
+        if self.checkpointer.latest_step() is None:
+            return
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
+        restored = self.checkpointer.restore(abstract)
+        self.state = restored.state
+        self.buffer, sampler_state, self.history = unpack_curriculum(restored.arrays, restored.meta)
+        self.sampler.load_state_dict(sampler_state)
+        self.step = restored.step
+        self.engine.update_weights(self.state.params)
+        self.echo(f"resumed {self.run_dir} at step {self.step}")
+
+    # ------------------------------------------------------------------------- one step
+    def train_step(self) -> dict[str, Any]:
+        cfg = self.cfg
+        k, group = cfg.rollout.states_per_step, cfg.rollout.group_size
+        started = time.perf_counter()
+        ids = self.sampler.sample(self.buffer, k * cfg.rollout.oversample, step=self.step)
+        states = [entry_state(self.buffer, int(i), self.task_ids) for i in ids]
+        rollouts = collect(self.engine, self.pool, self.codec, self.tasks, ids, states, group_size=group,
+                           temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                           limits=self.limits, seed=cfg.train.seed * 1_000_003 + self.step)
+        t_rollout = time.perf_counter() - started
+        self.buffer.record(ids, rollouts.rewards, rollouts.successes, self.step)
+        parents, q, ops, hashes, payloads = child_records(
+            [pid for pid, row in zip(ids, rollouts.results) for _ in row],
+            [r for row in rollouts.results for r in row])
+        children = self.buffer.add_children(parents, q, ops, hashes, payloads, step=self.step) if parents else np.zeros(0)
+        advantages, group_mask, n_zero = compute_advantages(
+            rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
+            std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
+        batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, cfg.train.length_buckets,
+                                              self.codec.pad_id)
+        record: dict[str, Any] = {
+            "step": self.step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
+            "valid_rate": float(np.mean([[r.valid for r in row] for row in rollouts.results])),
+            "success_rate": float(rollouts.successes.mean()), "truncated_rate": float(rollouts.truncated.mean()),
+            "best_q": float(max(r.q for row in rollouts.results for r in row)),
+            "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
+            "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
+            "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3)}
+        if n_informative:
+            self.state, metrics = self.step_fn(self.state, jax.tree.map(jnp.asarray, batch))
+            record.update({k2: float(v) for k2, v in metrics.items()})
+            self.engine.update_weights(self.state.params, weight_version=str(self.step + 1))
+        else:
+            record["update_skipped_no_signal"] = 1
+        record["step_s"] = round(time.perf_counter() - started, 3)
+        record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=self.step)
+        self.step += 1
+        return record
+
+    # ------------------------------------------------------------------------- the run
+    def save(self) -> None:
+        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history)
+        self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
+
+    def warm_start(self) -> None:
+        """Behaviour cloning before the first RL step (spec mode, `train.warmstart_steps`)."""
+        from ace_jax.train.warmstart import warm_start
+        sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
+        sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
+                                   temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk)
+        rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step
+        self.state = warm_start(sft_step, self.state, self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
+                                rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
+                                echo=self.echo)
+        self.engine.update_weights(self.state.params, weight_version="warmstart")
+
+    def run(self, steps: int | None = None) -> dict[str, Any]:
+        total = self.cfg.train.steps if steps is None else steps
+        if self.step == 0 and self.cfg.train.warmstart_steps and self.cfg.env.mode == "spec":
+            self.warm_start()
+        metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        first, times = self.step, []
+        while self.step < total:
+            record = self.train_step()
+            self.history.append({k: v for k, v in record.items() if k != "curriculum"})
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            times.append(record["step_s"])
+            rate = np.mean(times[-5:])
+            eta = rate * (total - self.step)
+            self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
+                      f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
+                      f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
+                      f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
+                      f"buffer {record['buffer_size']} | {record['step_s']:.1f} s/step | ETA {eta:.0f} s")
+            if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
+                self.save()
+        self.checkpointer.wait()
+        summary = self.finish(first)
+        return summary
+
+    def finish(self, first_step: int) -> dict[str, Any]:
+        from ace_jax.train.plots import plot_training
+        plots = []
+        if self.history:
+            plots.append(plot_training(self.history, os.path.join(self.run_dir, "training.png")))
+        if self.curriculum_log.records:
+            path = os.path.join(self.run_dir, "curriculum.png")
+            plot_metrics(self.curriculum_log.records, path)
+            plots.append(path)
+        last = self.history[-1] if self.history else {}
+        summary = {"run_dir": self.run_dir, "steps": self.step, "steps_this_run": self.step - first_step,
+                   "final_reward_mean": last.get("reward_mean"), "buffer_size": int(self.buffer.size),
+                   "skipped_updates": int(self.state.skipped), "optimizer_steps": int(self.state.step),
+                   "engine_compiles": getattr(self.engine, "compile_count", None),
+                   "train_step_compiles": self.step_fn._cache_size(), "plots": plots}
+        with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.pool.close()
+        self.engine.close()

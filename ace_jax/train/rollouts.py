@@ -1,0 +1,64 @@
+"""One round of rollouts: sampled states -> prompts -> G completions each -> sandboxed execution.
+
+Returns a `RolloutRound` with per-group rewards and successes ([states, G]), the token data
+the update batch needs, and the step results (child states for the buffer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from ace_jax.agent.codec import Codec
+from rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
+from rollout.env.execute import StepResult, step as env_step
+from rollout.env.state import State
+from rollout.env.tasks import Task
+from rollout.sandbox.base import Limits
+from rollout.sandbox.pool import WorkerPool
+
+
+@dataclasses.dataclass
+class RolloutRound:
+    entry_ids: np.ndarray                  # [S] buffer ids of the sampled states
+    prompts: list[list[int]]               # [S] prompt token ids
+    completions: list[list[list[int]]]     # [S][G] completion token ids
+    logprobs: list[list[list[float]]]      # [S][G] engine logprobs per completion token
+    results: list[list[StepResult]]        # [S][G]
+    rewards: np.ndarray                    # [S, G]
+    successes: np.ndarray                  # [S, G] bool
+    truncated: np.ndarray                  # [S, G] bool
+
+
+def _run_one(sandbox, slot: int, item) -> StepResult:
+    task, response, mode, truncated, limits, parent_q = item
+    return env_step(task, response, sandbox, mode=mode, truncated=truncated, slot=slot, limits=limits,
+                    parent_q=parent_q)
+
+
+def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[str, Task],
+            entry_ids: np.ndarray, states: Sequence[State], *, group_size: int, temperature: float,
+            max_new_tokens: int, limits: Limits, seed: int) -> RolloutRound:
+    """Generate G completions per state with fully stated sampling, execute and grade them."""
+    prompts = [codec.encode_prompt(s, tasks[s.task_id]) for s in states]
+    sampling = [SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
+                               max_new_tokens=max_new_tokens, stop_token_ids=codec.stop_ids,
+                               seed=seed * 100_003 + i) for i in range(len(states))]
+    requests = [GenerateRequest(p, s, n=group_size, return_logprob=True) for p, s in zip(prompts, sampling)]
+    outputs = engine.generate(requests)
+    items, completions, logprobs, truncated = [], [], [], []
+    for state, samples in zip(states, outputs):
+        completions.append([list(c.token_ids) for c in samples])
+        logprobs.append([list(c.logprobs or [0.0] * len(c.token_ids)) for c in samples])
+        truncated.append([c.finish_reason == "length" for c in samples])
+        for c in samples:
+            items.append((tasks[state.task_id], codec.decode_response(list(c.token_ids)), codec.mode,
+                          c.finish_reason == "length", limits, state.q))
+    flat = pool.map(_run_one, items)
+    results = [flat[i * group_size:(i + 1) * group_size] for i in range(len(states))]
+    rewards = np.array([[r.reward.reward for r in row] for row in results], np.float64).reshape(len(states), group_size)
+    successes = np.array([[r.reward.success for r in row] for row in results], bool).reshape(len(states), group_size)
+    return RolloutRound(np.asarray(entry_ids), prompts, completions, logprobs, results, rewards, successes,
+                        np.array(truncated, bool).reshape(len(states), group_size))

@@ -29,7 +29,7 @@ from ace_jax.curriculum import EvolvingBuffer, LearnabilitySampler, MetricsLog, 
 from ace_jax.grpo import compute_advantages
 from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train.assemble import assemble_batch
-from ace_jax.train.checkpoint import TrainCheckpointer
+from ace_jax.train import run_dir as run_files
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.rollouts import collect
 from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
@@ -42,8 +42,6 @@ from rollout.sandbox.pool import WorkerPool
 from rollout.sandbox.select import make_sandbox
 
 log = logging.getLogger(__name__)
-MODEL_CONFIG_FILE = "model_config.json"
-EXPERIMENT_FILE = "experiment.json"
 
 
 def select_tasks(spec: str) -> dict:
@@ -107,9 +105,8 @@ class Trainer:
         self.curriculum_log = MetricsLog()
         self.history: list[dict[str, Any]] = []
         self.step = 0
-        self.checkpointer = TrainCheckpointer(os.path.join(self.run_dir, "checkpoints"),
-                                              max_to_keep=max(cfg.train.keep_checkpoints, 2))
-        self._write_run_files()
+        self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
+        run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
 
     # ------------------------------------------------------------------------- setup
@@ -120,22 +117,16 @@ class Trainer:
         from rollout.sglang import SGLangEngine
         return SGLangEngine.from_config(self.cfg.rollout)
 
-    def _write_run_files(self) -> None:
-        with open(os.path.join(self.run_dir, MODEL_CONFIG_FILE), "w") as f:
-            json.dump({**self.model_config.to_hf(), "ace_jax_runtime": {
-                k: getattr(self.model_config, k) for k in ("param_dtype", "compute_dtype", "moe_backend", "remat")}}, f, indent=2)
-        with open(os.path.join(self.run_dir, EXPERIMENT_FILE), "w") as f:
-            json.dump(self.cfg.to_dict(), f, indent=2)
-
     def _maybe_resume(self) -> None:
         if self.checkpointer.latest_step() is None:
             return
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state)
         restored = self.checkpointer.restore(abstract)
         self.state = restored.state
-        self.buffer, sampler_state, self.history = unpack_curriculum(restored.arrays, restored.meta)
-        self.sampler.load_state_dict(sampler_state)
         self.step = restored.step
+        if restored.meta and "buffer" in restored.meta:  # absent in a run made by `ace-jax import`
+            self.buffer, sampler_state, self.history = unpack_curriculum(restored.arrays, restored.meta)
+            self.sampler.load_state_dict(sampler_state)
         self.engine.update_weights(self.state.params)
         self.echo(f"resumed {self.run_dir} at step {self.step}")
 

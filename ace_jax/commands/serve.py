@@ -1,0 +1,48 @@
+"""`ace-jax serve --hf DIR [--port P]`: the embedded JAX engine over SGLang's HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hf", required=True, help="Hugging Face model directory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="parameter and compute dtype")
+    parser.add_argument("--max-batch-size", type=int, default=32, help="largest batch bucket (samples)")
+    parser.add_argument("--max-prompt-len", type=int, default=2048, help="largest prompt-length bucket")
+    parser.add_argument("--max-new-tokens", type=int, default=2048, help="largest generation-length bucket")
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
+                        help="requests arriving within this window run as one batch")
+    parser.add_argument("--weight-version", default="default", help="initial weight version")
+    parser.add_argument("--sampling-defaults", default="model", choices=["model", "openai"],
+                        help="defaults for sampling fields a request omits (as SGLang's flag)")
+    parser.add_argument("--moe-backend", default=None, help="MoE dispatch backend for inference")
+    parser.add_argument("--seed", type=int, default=0, help="seed for requests without sampling_seed")
+    parser.add_argument("--log-requests", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ace_jax.inference import Buckets, JaxEngine
+    from ace_jax.inference.server import load_tokenizer, log, make_server, sampling_defaults
+
+    log(f"loading {args.hf}")
+    buckets = Buckets.powers_of_two(args.max_batch_size, args.max_prompt_len, args.max_new_tokens)
+    engine = JaxEngine.from_hf(args.hf, dtype=args.dtype, buckets=buckets, weight_version=args.weight_version,
+                               seed=args.seed, moe_backend=args.moe_backend)
+    tokenizer = load_tokenizer(args.hf)
+    server = make_server(engine, args.host, args.port, tokenizer=tokenizer,
+                         defaults=sampling_defaults(args.hf, args.sampling_defaults),
+                         batch_wait_s=args.batch_wait_ms / 1000, quiet=not args.log_requests)
+    host, port = server.server_address[:2]
+    log(f"listening on http://{host}:{port} (tokenizer: {'yes' if tokenizer is not None else 'no'})")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.state.batcher.close()
+    return 0

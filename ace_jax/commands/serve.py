@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=32, help="largest batch bucket (samples)")
     parser.add_argument("--max-prompt-len", type=int, default=2048, help="largest prompt-length bucket")
     parser.add_argument("--max-new-tokens", type=int, default=2048, help="largest generation-length bucket")
+    parser.add_argument("--batch-buckets", default=None, help="explicit batch sizes, e.g. '8,32' (overrides --max-batch-size)")
+    parser.add_argument("--prompt-buckets", default=None, help="explicit prompt lengths, e.g. '256,1024'")
+    parser.add_argument("--generate-buckets", default=None, help="explicit generation lengths, e.g. '512,2048'")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0,
                         help="requests arriving within this window run as one batch")
     parser.add_argument("--weight-version", default="default", help="initial weight version")
@@ -30,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     log(f"loading {args.hf}")
     buckets = Buckets.powers_of_two(args.max_batch_size, args.max_prompt_len, args.max_new_tokens)
+    explicit = {"batch": args.batch_buckets, "prompt": args.prompt_buckets, "generate": args.generate_buckets}
+    buckets = dataclasses.replace(buckets, **{k: parse_sizes(v, f"--{k}-buckets") for k, v in explicit.items() if v})
     engine = JaxEngine.from_hf(args.hf, dtype=args.dtype, buckets=buckets, weight_version=args.weight_version,
                                seed=args.seed, moe_backend=args.moe_backend)
     tokenizer = load_tokenizer(args.hf)
@@ -46,3 +52,14 @@ def run(args: argparse.Namespace) -> int:
         server.server_close()
         server.state.batcher.close()
     return 0
+
+
+def parse_sizes(text: str, flag: str) -> tuple[int, ...]:
+    """'8,32' -> (8, 32), sorted; a clear error naming the flag otherwise."""
+    try:
+        sizes = tuple(sorted(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise SystemExit(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise SystemExit(f"{flag} must list positive integers, got {text!r}")
+    return sizes

@@ -12,7 +12,7 @@ Plain Python and NumPy only: this package imports no other project package.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -120,6 +120,11 @@ class RolloutEngine(Protocol):
 
     def update_weights_from_disk(self, path: str, weight_version: str | None = None) -> str:
         """Load new weights from a HF directory; returns the weight version now served."""
+        ...
+
+    def update_weights(self, params: Any, weight_version: str | None = None) -> str:
+        """Serve a trainer's param tree (the JAX engine swaps it in place; SGLang exports it to a
+        directory with the exporter it was given, then loads that). Returns the new version."""
         ...
 
     def health(self) -> bool:

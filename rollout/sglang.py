@@ -18,10 +18,11 @@ import binascii
 import dataclasses
 import itertools
 import os
+import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -64,8 +65,11 @@ class SGLangConfig:
 class SGLangEngine:
     """Implements `rollout.engine.RolloutEngine` over SGLang's HTTP API."""
 
-    def __init__(self, cfg: SGLangConfig):
+    def __init__(self, cfg: SGLangConfig, exporter: Callable[[Any, str], None] | None = None):
+        """`exporter(params, directory)` writes HF weights; it makes `update_weights(params)` work."""
         self.cfg = cfg
+        self.exporter = exporter
+        self._synced: str | None = None
         self.http = HttpClient(timeout_s=cfg.request_timeout_s, connect_timeout_s=cfg.connect_timeout_s,
                                retries=cfg.retries, backoff_s=cfg.backoff_s, max_connections=cfg.max_concurrency)
         self.process: ServerProcess | None = None
@@ -84,6 +88,25 @@ class SGLangEngine:
         self._next_url = itertools.cycle(range(len(self.urls)))
         self._url_lock = threading.Lock()
         self.weight_version = self._get(self.urls[0], "/get_weight_version").get("weight_version")
+
+    @classmethod
+    def from_config(cls, section: Any, *, model_path: str | None = None,
+                    exporter: Callable[[Any, str], None] | None = None,
+                    routed_experts_shape: tuple[int, int] | None = None, **overrides: Any) -> "SGLangEngine":
+        """From an experiment's rollout section (`sglang_urls`, `sglang_python`, `sglang_args`):
+        attach to the URLs when there are any, else launch SGLang on `model_path`."""
+        urls = tuple(getattr(section, "sglang_urls", ()) or ())
+        if urls:
+            return cls(SGLangConfig(mode="attach", urls=urls, routed_experts_shape=routed_experts_shape, **overrides),
+                       exporter)
+        if not model_path:
+            raise EngineError("launching SGLang needs the model directory (model_path); "
+                              "or set rollout.sglang_urls to attach to running servers")
+        launch = LaunchConfig(model_path=model_path, python=getattr(section, "sglang_python", "python"),
+                              extra_args=tuple(getattr(section, "sglang_args", ()) or ()),
+                              enable_return_routed_experts=routed_experts_shape is not None)
+        return cls(SGLangConfig(mode="launch", launch=launch, routed_experts_shape=routed_experts_shape, **overrides),
+                   exporter)
 
     # ------------------------------------------------------------------------- protocol
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
@@ -116,6 +139,21 @@ class SGLangEngine:
         if self.process is not None:  # a restarted server starts from the latest weights
             self.process.model_path, self.process.weight_version = path, version
         self.weight_version = version
+        return version
+
+    def update_weights(self, params: Any, weight_version: str | None = None) -> str:
+        """Export `params` with the exporter to `sync_path(version)`, load them on every server,
+        then delete the previous export (the latest stays: a restarted server starts from it)."""
+        if self.exporter is None:
+            raise EngineError("update_weights(params) needs an exporter(params, directory); or export the "
+                              "weights yourself and call update_weights_from_disk(directory)")
+        version = str(weight_version) if weight_version is not None else f"update-{self._updates + 1}"
+        path = self.sync_path(version)
+        self.exporter(params, path)
+        self.update_weights_from_disk(path, version)
+        previous, self._synced = self._synced, path
+        if previous and previous != path:
+            shutil.rmtree(previous, ignore_errors=True)
         return version
 
     def health(self) -> bool:

@@ -120,6 +120,37 @@ def test_weight_sync_and_memory_saver(attached, local, dirs):
     assert attached.sync_path("step-3").endswith(os.path.join("ace-jax-weights", "step-3"))
 
 
+def test_from_config_and_update_weights_from_a_param_tree(server, local, dirs, tmp_path):
+    """The trainer's path: params -> exporter (HF save) -> /update_weights_from_disk."""
+    from types import SimpleNamespace
+
+    from flax import nnx
+
+    from ace_jax.checkpoint import hf
+
+    graphdef = local[0].graphdef
+
+    def export(params, path):
+        hf.save(nnx.merge(graphdef, params), path, dtype="float32")
+
+    section = SimpleNamespace(sglang_urls=(server.url,), sglang_python="python", sglang_args=())
+    engine = SGLangEngine.from_config(section, exporter=export, weight_sync_dir=str(tmp_path))
+    reqs = [GenerateRequest(p, greedy()) for p in PROMPTS]
+    try:
+        assert engine.update_weights(local[1].state, weight_version="7") == "7"
+        first = engine.sync_path("7")
+        assert os.path.isfile(os.path.join(first, "config.json"))
+        assert [c.token_ids for [c] in engine.generate(reqs)] == [c.token_ids for [c] in local[1].generate(reqs)]
+        engine.update_weights(local[0].state, weight_version="8")
+        assert not os.path.exists(first) and os.path.isdir(engine.sync_path("8"))
+        assert [c.token_ids for [c] in engine.generate(reqs)] == [c.token_ids for [c] in local[0].generate(reqs)]
+    finally:
+        engine.update_weights_from_disk(dirs[0], weight_version="default")
+        engine.close()
+    with pytest.raises(EngineError, match="needs the model directory"):
+        SGLangEngine.from_config(SimpleNamespace(sglang_urls=()))
+
+
 def test_launch_command_states_the_flags():
     cfg = LaunchConfig(model_path="/m", python="/envs/sglang/bin/python", tp_size=4, ep_size=4, dp_size=2,
                        enable_dp_attention=True, mem_fraction_static=0.7, enable_memory_saver=True,

@@ -25,7 +25,8 @@ import yaml
 from rollout.env.graders import grade_bytes
 from rollout.env.medals import medal_thresholds
 from rollout.env.metrics import aligned, get_metric
-from rollout.env.tasks import PUBLIC_FILES, Task, TaskConfig, TaskError, load_task, write_config, write_csv
+from rollout.env.tasks import (PUBLIC_FILES, Task, TaskConfig, TaskError, load_task, set_modes, write_config,
+                               write_csv)
 
 # mle-bench grader names -> our metrics.
 GRADER_METRICS = {
@@ -141,6 +142,7 @@ def convert(comp_id: str, data_dir: Path, comp_dirs: list[Path], dest: Path, spl
     write_config(staging, final, desc_path.read_text())
     for name in PUBLIC_FILES:
         shutil.copyfile(public / name, staging / "public" / name)
+    set_modes(staging)
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)
     return load_task(dest)

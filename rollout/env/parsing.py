@@ -76,6 +76,11 @@ def parse_code_response(text: str, truncated: bool = False) -> Action:
     return Action(True, plan=plan, code=code + "\n")
 
 
+def format_response(plan: str, code: str) -> str:
+    """A well-formed response: the plan, then the code in one python block (parses back exactly)."""
+    return f"{plan.strip()}\n\n```python\n{code.strip(chr(10))}\n```\n"
+
+
 def parse_spec_response(text: str, truncated: bool = False) -> Action:
     """A tiny model's spec (first non-empty line after any thinking); `code` holds the spec."""
     if truncated:

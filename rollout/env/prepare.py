@@ -125,17 +125,18 @@ def prepare_one(b: BuiltinTask, dest: Path) -> Task:
     baseline = grade_bytes(provisional, _csv_bytes(sample), answers_str)
     if not baseline.valid:
         raise TaskError(f"builtin task {b.id}: its sample submission is invalid: {baseline.reason}")
-    scores = []
+    measured = {}
     for spec in b.references:
         result = grade_bytes(provisional, run_reference(provisional, spec), answers_str)
         if not result.valid:
             raise TaskError(f"builtin task {b.id}: reference {spec!r} is invalid: {result.reason}")
-        scores.append(result.score)
-    scores.sort(key=lambda s: aligned(metric.direction, s), reverse=True)
+        measured[spec] = result.score
+    scores = sorted(measured.values(), key=lambda s: aligned(metric.direction, s), reverse=True)
     if aligned(metric.direction, scores[-1]) <= aligned(metric.direction, baseline.score):
         raise TaskError(f"builtin task {b.id}: weakest reference {scores[-1]} does not beat the baseline {baseline.score}")
     final = TaskConfig(**{**cfg.__dict__, "baseline_score": baseline.score, "reference_score": scores[0],
-                          "medals": dict(zip(("gold", "silver", "bronze"), scores))})
+                          "medals": dict(zip(("gold", "silver", "bronze"), scores)),
+                          "references": measured})
     write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)

@@ -84,7 +84,7 @@ def _shrink(text: str, n: int, keep: str) -> str:
 
 
 def _sections(state: State, task: Task) -> list[list]:
-    """[title, text, keep policy, min chars] per section, in prompt order."""
+    """[title, text, keep policy, min chars, allowed chars] per section, in prompt order."""
     sections = [["Task", task.description.strip(), "head", 400], ["Data", data_preview(task), "head", 300]]
     if state.code is not None:
         sections.append(["Previous solution", f"```python\n{state.code.rstrip()}\n```", "middle", 600])
@@ -95,7 +95,7 @@ def _sections(state: State, task: Task) -> list[list]:
             sections.append(["Execution feedback", f"Status: {status}\nValidation metric (printed by the script): "
                              f"{metric}\nRuntime: {fb.runtime_s:.1f} s\nOutput tail:\n{fb.tail() or '(no output)'}",
                              "tail", 300])
-    return sections
+    return [s + [len(s[1])] for s in sections]
 
 
 def build_prompt(state: State, task: Task, budget_tokens: int = 6000,
@@ -106,17 +106,18 @@ def build_prompt(state: State, task: Task, budget_tokens: int = 6000,
     instructions = f"# Instructions\n{INSTRUCTIONS[op]}"
 
     def render() -> str:
-        return "\n\n".join([f"# {t}\n{body}" for t, body, _, _ in sections] + [instructions])
+        return "\n\n".join([f"# {t}\n{_shrink(body, allowed, keep)}" for t, body, keep, _, allowed in sections]
+                            + [instructions])
 
     truncated = False
     user = render()
     while count_tokens(SYSTEM) + count_tokens(user) > budget_tokens:
-        shrinkable = [s for s in sections if len(s[1]) > s[3]]
+        shrinkable = [s for s in sections if s[4] > s[3]]
         if not shrinkable:
             raise ValueError(f"token budget {budget_tokens} is too small for this prompt's fixed parts "
                              f"({count_tokens(SYSTEM) + count_tokens(user)} tokens at the minimum)")
-        longest = max(shrinkable, key=lambda s: len(s[1]))
-        longest[1] = _shrink(longest[1], max(longest[3], int(len(longest[1]) * 0.7)), longest[2])
+        longest = max(shrinkable, key=lambda s: s[4])
+        longest[4] = max(longest[3], int(longest[4] * 0.7))
         truncated = True
         user = render()
     return Prompt(SYSTEM, user, op, truncated)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +22,7 @@ from rollout.env.metrics import aligned, get_metric
 PUBLIC_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 MEDALS = ("gold", "silver", "bronze")
 SPLITS = ("train", "heldout")
+OPTIONAL_KEYS = ("references",)
 
 
 class TaskError(ValueError):
@@ -45,6 +46,7 @@ class TaskConfig:
     medals: dict
     split: str
     source: str
+    references: dict = field(default_factory=dict)  # reference solution -> its test score, if measured
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,7 +59,7 @@ class TaskConfig:
     def from_dict(cls, data: dict, where: str = "task.yaml") -> "TaskConfig":
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(data) - set(names))
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in OPTIONAL_KEYS]
         if unknown:
             raise TaskError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(names)}")
         if missing:
@@ -66,7 +68,8 @@ class TaskConfig:
                      "classes": tuple(str(c) for c in data["classes"]),
                      "baseline_score": float(data["baseline_score"]),
                      "reference_score": float(data["reference_score"]),
-                     "medals": {k: float(v) for k, v in dict(data["medals"]).items()}})
+                     "medals": {k: float(v) for k, v in dict(data["medals"]).items()},
+                     "references": {str(k): float(v) for k, v in dict(data.get("references") or {}).items()}})
         cfg.validate(where)
         return cfg
 
@@ -167,6 +170,18 @@ def load_tasks(root: str | os.PathLike) -> dict[str, Task]:
     return tasks
 
 
+def set_modes(dest: str | os.PathLike) -> None:
+    """public/ world-readable (sandboxed scripts run as other uids), private/ owner-only."""
+    dest = Path(dest)
+    for path in [dest, dest / "public", *(dest / "public").iterdir(), dest / "task.yaml", dest / "description.md"]:
+        if path.exists():
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    private = dest / "private"
+    os.chmod(private, 0o700)
+    for path in private.iterdir():
+        os.chmod(path, 0o600)
+
+
 def write_config(dest: str | os.PathLike, config: TaskConfig, description: str) -> None:
     """Write task.yaml and description.md (creating public/ and private/)."""
     config.validate(f"task {config.id}")
@@ -191,4 +206,5 @@ def write_task(dest: str | os.PathLike, config: TaskConfig, description: str, tr
     write_csv(test, dest / "public" / "test.csv")
     write_csv(sample, dest / "public" / "sample_submission.csv")
     write_csv(answers, dest / "private" / "answers.csv")
+    set_modes(dest)
     return Task(dest, config)

@@ -15,7 +15,7 @@ from typing import Iterable
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 _TOKEN = re.compile(r"[A-Za-z_]+|\d|[^\w\s]|\s+")
-_BASE = [str(d) for d in range(10)] + list(".-+=:,;()[]/%<>*'\"!?#|") + [" ", "\n", "  "]
+_BASE = [str(d) for d in range(10)] + list(".-+=:,;()[]/%<>*'\"!?#|") + [" ", "\n", "  ", "e", "inf", "nan"]
 
 
 def split_words(text: str) -> list[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from rollout.sandbox.base import (OUTBOX_DIR, OUTBOX_FILES, WORK_DIR, WRAPPER, ExecResult, Limits, Sandbox,
                                   SandboxUnavailable, read_capped, read_tail, sandbox_env)
 from rollout.sandbox.process import run_with_timeout
-from rollout.sandbox.slots import SlotDirs, UidPool, is_root, kill_uid
+from rollout.sandbox.slots import SlotDirs, UidPool, check_readable, is_root, kill_uid
 from rollout.sandbox.solution_env import SolutionEnv, check_paths
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class BwrapSandbox(Sandbox):
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data directory {data_dir} does not exist")
         uid = self.slot_uid(slot)
+        if uid is not None:
+            check_readable(data_dir)
         slot_dir = self.dirs.reset(slot, script, uid)
         argv = self.command(slot_dir, data_dir, limits, uid)
         code, timed_out, runtime = run_with_timeout(argv, limits.timeout_s, slot_dir / "launcher.log")

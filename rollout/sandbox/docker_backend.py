@@ -2,7 +2,8 @@
 
 Per run: a detached container from the local image with the host's /usr and the solution
 environment bind-mounted read-only, the task's public data read-only at data/, a read-only
-root, size-limited tmpfs work dir and /tmp, memory = memory+swap limit, pids and CPU limits,
+root, size-limited tmpfs work dir and /tmp, memory = memory+swap cgroup limit (an OOM kill
+is reported as such), pids and CPU limits,
 all capabilities dropped, no-new-privileges, the slot's unprivileged uid, rlimits, stdout and
 stderr written to size-capped outbox files (the log driver is off). Wait with a timeout,
 kill on expiry, always remove.
@@ -18,7 +19,7 @@ from pathlib import Path
 from rollout.sandbox.base import (OUTBOX_DIR, OUTBOX_FILES, WORK_DIR, WRAPPER, ExecResult, Limits, Sandbox,
                                   SandboxError, SandboxUnavailable, read_capped, read_tail, sandbox_env)
 from rollout.sandbox.image import ensure_image
-from rollout.sandbox.slots import UID_BASE, SlotDirs, UidPool, is_root, kill_uid
+from rollout.sandbox.slots import UID_BASE, SlotDirs, UidPool, check_readable, is_root, kill_uid
 from rollout.sandbox.solution_env import SolutionEnv, check_paths
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,16 @@ class DockerSandbox(Sandbox):
         from docker.types import LogConfig, Ulimit
 
         fsize = limits.max_file_mb << 20
+        # No RLIMIT_AS here: runc's own init (Go) runs under the container's rlimits and fails to
+        # set up seccomp under a small address-space limit. Memory is capped by the cgroup.
         ulimits = [Ulimit(name="fsize", soft=fsize, hard=fsize),
                    Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds),
                    Ulimit(name="nproc", soft=limits.max_procs, hard=limits.max_procs),
-                   Ulimit(name="as", soft=limits.memory_mb << 20, hard=limits.memory_mb << 20),
                    Ulimit(name="core", soft=0, hard=0)]
         return dict(
             image=self.image, command=["/bin/sh", "-c", WRAPPER, "sh", OUTBOX_DIR, self.env.python],
-            detach=True, user=f"{uid}:{uid}", working_dir=WORK_DIR, environment=sandbox_env(self.env.python),
-            network_mode="none", read_only=True, ipc_mode="private", shm_size="16m",
+            user=f"{uid}:{uid}", working_dir=WORK_DIR, environment=sandbox_env(self.env.python),
+            hostname="sandbox", network_mode="none", read_only=True, ipc_mode="private", shm_size="16m",
             tmpfs={"/tmp": f"size={limits.tmp_mb}m,mode=1777", WORK_DIR: f"size={limits.work_mb}m,mode=1777"},
             mounts=self._mounts(slot_dir, data_dir), mem_limit=f"{limits.memory_mb}m",
             memswap_limit=f"{limits.memory_mb}m", pids_limit=limits.max_procs,
@@ -109,13 +111,18 @@ class DockerSandbox(Sandbox):
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data directory {data_dir} does not exist")
         uid = self.slot_uid(slot)
+        check_readable(data_dir)
         slot_dir = self.dirs.reset(slot, script, uid if self.root_mode else None)
         client = self._client(slot)
         start = time.monotonic()
         container = None
         code, timed_out, oom = None, False, False
         try:
-            container = client.containers.run(**self._run_kwargs(slot_dir, data_dir, limits, uid))
+            container = client.containers.create(**self._run_kwargs(slot_dir, data_dir, limits, uid))
+            try:
+                container.start()
+            except Exception as exc:
+                raise SandboxError(f"docker could not start the sandbox container: {exc}") from exc
             remaining = max(0.1, limits.timeout_s - (time.monotonic() - start))
             try:
                 code = int(container.wait(timeout=remaining)["StatusCode"])
@@ -126,7 +133,7 @@ class DockerSandbox(Sandbox):
             oom = bool(container.attrs["State"].get("OOMKilled"))
         except Exception as exc:
             if container is None:
-                raise SandboxError(f"docker could not start the sandbox container: {exc}") from exc
+                raise SandboxError(f"docker could not create the sandbox container: {exc}") from exc
             raise
         finally:
             if container is not None:

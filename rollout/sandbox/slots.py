@@ -106,6 +106,17 @@ def kill_uid(uid: int, timeout_s: float = 5.0) -> int:
         time.sleep(0.01)
 
 
+def check_readable(data_dir: Path) -> None:
+    """Scripts run as an unprivileged uid: the data directory and its files must be world-readable."""
+    entries = [data_dir, *data_dir.iterdir()]
+    for path in entries:
+        mode = path.stat().st_mode
+        need = 0o005 if path.is_dir() else 0o004
+        if mode & need != need:
+            raise SandboxError(f"{path} is not readable by the sandbox's unprivileged uid "
+                               f"(mode {oct(mode & 0o777)}); make the task data world-readable (chmod -R o+rX)")
+
+
 class SlotDirs:
     """Host directories of the slots: `<root>/slot-<n>/{outbox/, solution.py, ...}`."""
 

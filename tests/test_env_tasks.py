@@ -1,0 +1,216 @@
+"""Built-in tasks (deterministic, measured medals), mle-bench import, and the tasks / exec commands."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ace_jax.cli import main as cli_main
+from rollout.env.builtin_tasks import BUILTIN_TASKS
+from rollout.env.execute import execute, step
+from rollout.env.graders import grade_submission
+from rollout.env.medals import medal_ranks, medal_thresholds
+from rollout.env.metrics import aligned
+from rollout.env.mlebench_import import import_mlebench
+from rollout.env.prepare import ensure_tasks, prepare_builtin
+from rollout.env.prompts import spec_prompt
+from rollout.env.spec import render_script
+from rollout.env.spec_vocab import build_spec_tokenizer, sample_states
+from rollout.env.tasks import default_tasks_dir, load_tasks
+from rollout.sandbox.base import Limits
+from rollout.sandbox.bwrap import BwrapSandbox
+from rollout.sandbox.pool import WorkerPool
+
+FIXTURE = Path(__file__).parent / "fixtures" / "mlebench"
+COPY_SAMPLE = "import shutil\nshutil.copy('data/sample_submission.csv', 'submission.csv')\n"
+
+
+@pytest.fixture(scope="module")
+def builtin_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    prepare_builtin(root, progress=print)
+    return root
+
+
+@pytest.fixture(scope="module")
+def bwrap():
+    with BwrapSandbox() as sandbox:
+        yield sandbox
+
+
+def test_builtin_tasks_are_complete(builtin_root):
+    tasks = load_tasks(builtin_root)
+    assert len(tasks) >= 12 and set(tasks) == {b.id for b in BUILTIN_TASKS}
+    splits = {t.config.split for t in tasks.values()}
+    assert splits == {"train", "heldout"}
+    assert {t.config.metric for t in tasks.values()} >= {"accuracy", "roc_auc", "log_loss", "rmse", "mae", "f1_macro"}
+    for task in tasks.values():
+        c = task.config
+        gold, silver, bronze = (aligned(c.direction, c.medals[m]) for m in ("gold", "silver", "bronze"))
+        assert gold >= silver >= bronze > aligned(c.direction, c.baseline_score), c.id
+        assert c.reference_score == c.medals["gold"] and len(c.references) == 3
+        # the baseline is the sample submission's score, measured by the grader
+        assert grade_submission(task, task.public_dir / "sample_submission.csv").score == c.baseline_score
+        public = {p.name for p in task.public_dir.iterdir()}
+        assert public == {"train.csv", "test.csv", "sample_submission.csv"}
+        assert c.target_column not in pd.read_csv(task.public_dir / "test.csv", nrows=1).columns
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_preparation_is_byte_identical(builtin_root, tmp_path):
+    ids = ["iris", "wine", "mixed_types", "diabetes"]
+    again = prepare_builtin(tmp_path, ids=ids)
+    assert set(again) == set(ids)
+    for task_id in ids:
+        first, second = _files(builtin_root / task_id), _files(tmp_path / task_id)
+        assert first.keys() == second.keys() and len(first) == 6
+        for name in first:
+            assert first[name] == second[name], f"{task_id}/{name} differs between preparations"
+
+
+def test_ensure_tasks_prepares_only_missing_or_stale(builtin_root, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in builtin_root.rglob("task.yaml")}
+    assert set(ensure_tasks(builtin_root)) == {b.id for b in BUILTIN_TASKS}
+    assert before == {p: p.stat().st_mtime_ns for p in builtin_root.rglob("task.yaml")}
+    prepare_builtin(tmp_path, ids=["iris"])
+    cfg = tmp_path / "iris" / "task.yaml"
+    cfg.write_text(cfg.read_text().replace("source: builtin-v", "source: builtin-old"))
+    prepare_builtin(tmp_path, ids=["iris"])
+    assert "source: builtin-v" in cfg.read_text()
+
+
+def test_default_tasks_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACE_JAX_HOME", str(tmp_path))
+    assert default_tasks_dir() == tmp_path / "tasks"
+    assert default_tasks_dir(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.delenv("ACE_JAX_HOME")
+    assert default_tasks_dir() == Path.home() / ".cache" / "ace-jax" / "tasks"
+
+
+def _run(sandbox, slot, job):
+    task, script = job
+    return execute(task, script, sandbox, slot=slot, limits=Limits(timeout_s=120, memory_mb=3072))
+
+
+# One task per metric (and the one with categorical columns and missing values).
+REFERENCE_CHECKED = ("iris", "wine", "breast_cancer", "diabetes", "clf_imbalanced", "reg_linear", "mixed_types")
+
+
+def test_references_reach_medals_and_trivial_solutions_do_not(builtin_root, bwrap):
+    """The best reference, rendered and run in the sandbox, reaches gold; a trivial solution (the
+    constant sample submission) is valid but wins nothing, on every task."""
+    tasks = load_tasks(builtin_root)
+    assert {tasks[t].config.metric for t in REFERENCE_CHECKED} == {t.config.metric for t in tasks.values()}
+    jobs = []
+    for task in tasks.values():
+        c = task.config
+        if task.id in REFERENCE_CHECKED:
+            best = max(c.references, key=lambda s: aligned(c.direction, c.references[s]))
+            jobs.append((task, render_script(best, task.template_info())))
+        jobs.append((task, COPY_SAMPLE))
+    with WorkerPool(bwrap, workers=2) as pool:
+        results = pool.map(_run, jobs)
+    for (task, script), res in zip(jobs, results):
+        if script == COPY_SAMPLE:
+            assert res.valid and res.medal is None and res.q == 0.0, (task.id, res.reason)
+            assert res.reward.reward == pytest.approx(0.3) and not res.reward.success
+        else:
+            assert res.valid, (task.id, res.reason, res.feedback.stderr_tail[-500:])
+            assert res.medal == "gold" and res.q == 1.0, (task.id, res.metric, task.config.medals)
+            assert res.feedback.validation_metric is not None  # the script printed its own estimate
+
+
+def test_spec_steps_and_tokenizer_on_builtin_tasks(builtin_root, bwrap):
+    tasks = load_tasks(builtin_root)
+    tok = build_spec_tokenizer(tasks.values())
+    for task in tasks.values():
+        for state in sample_states(task):
+            text = spec_prompt(state, task)
+            assert tok.covers(text) and tok.decode(tok.encode(text)) == text
+    iris = tasks["iris"]
+    weak = step(iris, "model=tree max_depth=1", bwrap, mode="spec", limits=Limits(timeout_s=60))
+    assert weak.valid and weak.code == "model=tree max_depth=1" and weak.payload.code == weak.code
+    assert weak.medal is None and 0.0 < weak.q < 1.0
+    better = step(iris, "model=svm C=1.0", bwrap, mode="spec", parent_q=weak.q, limits=Limits(timeout_s=60))
+    assert better.reward.success and better.reward.u > 0.05 and better.medal == "gold"
+    wrong_kind = step(iris, "model=ridge", bwrap, mode="spec")
+    assert not wrong_kind.valid and "classification" in wrong_kind.reason and wrong_kind.execution is None
+
+
+def test_medal_ranks_follow_kaggle_rules():
+    assert medal_ranks(50) == {"gold": 5, "silver": 10, "bronze": 20}
+    assert medal_ranks(200) == {"gold": 10, "silver": 40, "bronze": 80}
+    assert medal_ranks(500) == {"gold": 11, "silver": 50, "bronze": 100}
+    assert medal_ranks(2000) == {"gold": 14, "silver": 100, "bronze": 200}
+    assert medal_ranks(3) == {"gold": 1, "silver": 1, "bronze": 1}
+    assert medal_thresholds([0.1, 0.5, 0.3, 0.9, 0.7] * 4, "maximize")["gold"] == 0.9
+    assert medal_thresholds([0.1, 0.5, 0.3, 0.9, 0.7] * 4, "minimize")["gold"] == 0.1
+
+
+def test_import_mlebench_fixture(tmp_path):
+    report = import_mlebench(FIXTURE / "data", tmp_path, FIXTURE / "competitions")
+    assert sorted(report.converted) == ["tiny-auc", "tiny-logloss", "tiny-rmse", "tiny-titanic"]
+    assert "quadratic-weighted-kappa" in report.skipped["tiny-kappa"]
+    assert "not a plain tabular" in report.skipped["tiny-images"]
+    assert "leaderboard" in report.skipped["tiny-noboard"]
+    tasks = load_tasks(tmp_path)
+    assert set(tasks) == set(report.converted)
+    for task_id, task in tasks.items():
+        c = task.config
+        board = pd.read_csv(FIXTURE / "competitions" / task_id / "leaderboard.csv")["score"].tolist()
+        ordered = sorted(board, reverse=c.direction == "maximize")
+        ranks = medal_ranks(len(board))
+        assert c.medals == {m: ordered[ranks[m] - 1] for m in ("gold", "silver", "bronze")}
+        assert c.reference_score == c.medals["gold"] and c.split == "heldout"
+        assert (task.public_dir / "train.csv").read_bytes() == \
+            (FIXTURE / "data" / task_id / "prepared" / "public" / "train.csv").read_bytes()
+        sample = grade_submission(task, task.public_dir / "sample_submission.csv")
+        assert sample.valid and sample.score == c.baseline_score
+    titanic = tasks["tiny-titanic"]
+    assert titanic.config.classes == ("False", "True") and titanic.config.id_column == "PassengerId"
+    answers = pd.read_csv(FIXTURE / "data" / "tiny-titanic" / "prepared" / "private" / "test.csv")
+    perfect = tmp_path / "perfect.csv"
+    answers.to_csv(perfect, index=False)
+    assert grade_submission(titanic, perfect).score == 1.0 and titanic.medal(1.0) == "gold"
+    onehot = pd.read_csv(FIXTURE / "data" / "tiny-logloss" / "prepared" / "private" / "test.csv")
+    onehot.to_csv(perfect, index=False)  # the one-hot answers themselves are a perfect probability submission
+    assert grade_submission(tasks["tiny-logloss"], perfect).score < 1e-6
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    code = cli_main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def test_cli_tasks_list_and_import(builtin_root, tmp_path, capsys):
+    code, out = _cli(capsys, "tasks", "--dir", str(builtin_root), "list")
+    assert code == 0
+    lines = [ln.split("\t") for ln in out.strip().splitlines()]
+    assert {tuple(ln) for ln in lines} == {(t.id, t.split) for t in BUILTIN_TASKS}
+    code, out = _cli(capsys, "tasks", "--dir", str(tmp_path), "import-mlebench", str(FIXTURE / "data"),
+                     "--competitions", str(FIXTURE / "competitions"))
+    assert code == 0 and "converted\ttiny-auc" in out and "skipped\ttiny-kappa\tgrader" in out
+
+
+def test_cli_exec_prints_json(builtin_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACE_JAX_SECRET_FOR_TEST", "do-not-leak")
+    script = tmp_path / "solution.py"
+    script.write_text("import os\nprint(sorted(os.environ))\n" + COPY_SAMPLE)
+    code, out = _cli(capsys, "exec", "--dir", str(builtin_root), "--task", "wine", "--script", str(script),
+                     "--sandbox", "bwrap", "--timeout", "30")
+    result = json.loads(out)
+    assert code == 0 and result["valid"] and result["sandbox"] == "bwrap" and result["reward"] == pytest.approx(0.3)
+    assert set(result) >= {"valid", "metric", "q", "reward", "reason", "runtime", "sandbox", "stdout_tail", "stderr_tail"}
+    assert "ACE_JAX_SECRET_FOR_TEST" not in result["stdout_tail"] and "OMP_NUM_THREADS" in result["stdout_tail"]
+    spec = tmp_path / "spec.txt"
+    spec.write_text("model=logreg C=0.3\n")
+    code, out = _cli(capsys, "exec", "--dir", str(builtin_root), "--task", "wine", "--script", str(spec), "--spec",
+                     "--sandbox", "bwrap", "--timeout", "60")
+    assert code == 0 and json.loads(out)["medal"] is not None
+    assert cli_main(["exec", "--dir", str(builtin_root), "--task", "nope", "--script", str(script)]) == 2
+    assert os.environ["ACE_JAX_SECRET_FOR_TEST"] == "do-not-leak"

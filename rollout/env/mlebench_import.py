@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -138,7 +138,7 @@ def convert(comp_id: str, data_dir: Path, comp_dirs: list[Path], dest: Path, spl
     if aligned(metric.direction, medals["gold"]) <= aligned(metric.direction, baseline.score):
         shutil.rmtree(staging, ignore_errors=True)
         raise CannotConvert(f"the gold threshold {medals['gold']} does not beat the sample submission {baseline.score}")
-    final = TaskConfig(**{**provisional.__dict__, "baseline_score": baseline.score, "reference_score": medals["gold"]})
+    final = replace(provisional, baseline_score=baseline.score, reference_score=medals["gold"])
     write_config(staging, final, desc_path.read_text())
     for name in PUBLIC_FILES:
         shutil.copyfile(public / name, staging / "public" / name)

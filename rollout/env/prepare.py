@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,16 +112,17 @@ def prepare_one(b: BuiltinTask, dest: Path) -> Task:
     train, test = _split(b, metric.kind)
     classes = tuple(sorted({str(v) for v in train[b.target]}, key=_label_key)) if metric.kind == "classification" else ()
     cols = tuple(f"{b.target}_{c}" for c in classes) if metric.output == "proba_columns" else (b.target,)
+    worst, best = (0.0, 1.0) if metric.direction == "maximize" else (1.0, 0.0)  # placeholders until measured
     cfg = TaskConfig(id=b.id, metric=b.metric, direction=metric.direction, kind=metric.kind, id_column=ID_COLUMN,
-                     target_column=b.target, submission_columns=cols, classes=classes, baseline_score=0.0,
-                     reference_score=1.0, medals={"gold": 0.0, "silver": 0.0, "bronze": 0.0}, split=b.split,
+                     target_column=b.target, submission_columns=cols, classes=classes, baseline_score=worst,
+                     reference_score=best, medals={"gold": best, "silver": best, "bronze": best}, split=b.split,
                      source=f"builtin-v{BUILTIN_VERSION}")
     public_test = test.drop(columns=[b.target])
     answers = test[[ID_COLUMN, b.target]]
     sample = constant_submission(cfg, train[b.target], test[ID_COLUMN])
     staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    provisional = write_task_files(staging, cfg, train, public_test, sample, answers)
+    provisional = write_task(staging, cfg, "", train, public_test, sample, answers)
     answers_str = pd.read_csv(provisional.answers_path, dtype=str, keep_default_na=False)
     baseline = grade_bytes(provisional, _csv_bytes(sample), answers_str)
     if not baseline.valid:
@@ -134,20 +136,12 @@ def prepare_one(b: BuiltinTask, dest: Path) -> Task:
     scores = sorted(measured.values(), key=lambda s: aligned(metric.direction, s), reverse=True)
     if aligned(metric.direction, scores[-1]) <= aligned(metric.direction, baseline.score):
         raise TaskError(f"builtin task {b.id}: weakest reference {scores[-1]} does not beat the baseline {baseline.score}")
-    final = TaskConfig(**{**cfg.__dict__, "baseline_score": baseline.score, "reference_score": scores[0],
-                          "medals": dict(zip(("gold", "silver", "bronze"), scores)),
-                          "references": measured})
+    final = replace(cfg, baseline_score=baseline.score, reference_score=scores[0],
+                    medals=dict(zip(("gold", "silver", "bronze"), scores)), references=measured)
     write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)
     return load_task(dest)
-
-
-def write_task_files(dest: Path, cfg: TaskConfig, train, test, sample, answers) -> Task:
-    """Write the data files under a provisional config (scores not yet measured)."""
-    placeholder = TaskConfig(**{**cfg.__dict__, "baseline_score": 0.0, "reference_score": 1.0}) \
-        if cfg.direction == "maximize" else TaskConfig(**{**cfg.__dict__, "baseline_score": 1.0, "reference_score": 0.0})
-    return write_task(dest, placeholder, "", train, test, sample, answers)
 
 
 def _label_key(label: str):

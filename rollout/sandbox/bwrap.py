@@ -18,13 +18,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
+import tempfile
 from pathlib import Path
 
 from rollout.sandbox.base import (OUTBOX_DIR, OUTBOX_FILES, WORK_DIR, WRAPPER, ExecResult, Limits, Sandbox,
                                   SandboxUnavailable, read_capped, read_tail, sandbox_env)
 from rollout.sandbox.process import run_with_timeout
-from rollout.sandbox.slots import SlotDirs, UidPool, check_readable, is_root, kill_uid
+from rollout.sandbox.slots import SlotDirs, UidPool, check_readable, check_traversable, is_root, kill_uid
 from rollout.sandbox.solution_env import SolutionEnv, check_paths
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class BwrapSandbox(Sandbox):
         check_paths(self.env, ("/sandbox", "/tmp", "/proc", "/dev"))
         self.dirs = SlotDirs(slot_root)
         self.root_mode = is_root()
+        if self.root_mode:
+            check_traversable(self.dirs.root)
         self.uids = UidPool(**({"base": uid_base} if uid_base is not None else {})) if self.root_mode else None
         self._slot_uid: dict[int, int] = {}
 
@@ -152,16 +154,16 @@ class BwrapSandbox(Sandbox):
 
 
 def probe() -> str | None:
-    """None when bwrap can create its namespaces here, else the reason it cannot."""
+    """None when the bwrap sandbox runs a script here (the real launch path), else why not."""
     missing = _missing_tools()
     if missing:
         return f"missing {', '.join(missing)}"
     try:
-        out = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
-                              "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "/usr/bin/true"],
-                             capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bwrap failed to start: {exc}"
-    if out.returncode != 0:
-        return f"bwrap cannot create namespaces: {out.stderr.decode(errors='replace').strip()[:300]}"
+        with tempfile.TemporaryDirectory() as tmp, BwrapSandbox() as sandbox:
+            os.chmod(tmp, 0o755)
+            res = sandbox.run("print('ok')", tmp, Limits(timeout_s=30))
+    except Exception as exc:  # any setup failure means: not usable here
+        return f"bwrap sandbox failed to start: {exc}"
+    if not res.ok or "ok" not in res.stdout_tail:
+        return f"bwrap sandbox cannot run scripts here: {(res.failure_reason() or '')} {res.stderr_tail[-300:]}".strip()
     return None

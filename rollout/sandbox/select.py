@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from rollout.sandbox.base import Sandbox, SandboxRefused, SandboxUnavailable
+from rollout.sandbox.base import Sandbox, SandboxRefused
 
 log = logging.getLogger(__name__)
 
@@ -52,5 +52,3 @@ def make_sandbox(name: str = "auto", *, force_unisolated: bool = False, **kwargs
     from rollout.sandbox.subprocess_backend import SubprocessSandbox
     return SubprocessSandbox(force=force_unisolated, **kwargs)
 
-
-__all__ = ["BACKENDS", "CHOICES", "SandboxUnavailable", "make_sandbox", "probe"]

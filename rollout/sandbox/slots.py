@@ -106,6 +106,14 @@ def kill_uid(uid: int, timeout_s: float = 5.0) -> int:
         time.sleep(0.01)
 
 
+def check_traversable(path: Path) -> None:
+    """Every directory above `path` must let other uids through (o+x): the slot uid reaches it."""
+    for parent in [path, *path.parents]:
+        if not parent.stat().st_mode & 0o001:
+            raise SandboxError(f"{parent} is not traversable by other users, so the sandbox uid cannot reach "
+                               f"{path}; put the slot directory elsewhere (slot_root=...)")
+
+
 def check_readable(data_dir: Path) -> None:
     """Scripts run as an unprivileged uid: the data directory and its files must be world-readable."""
     entries = [data_dir, *data_dir.iterdir()]

@@ -11,6 +11,10 @@ binds. That uid cannot traverse root-only directories (/root/.pyenv, ~/.cache), 
 started inside a private mount namespace where root first bind-mounts the needed directories
 under a traversable slot path ("aliases"), then drops to the slot uid (setpriv) and execs
 prlimit + bwrap, which map them back to their original paths.
+
+`--as-pid-1` makes the wrapper shell the namespace's init, which bwrap itself reaps: bwrap's
+own init would otherwise outlive bwrap as a zombie until the host's init reaps it, and a
+zombie still counts against the slot uid's process limit.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ class BwrapSandbox(Sandbox):
 
     def _bwrap_args(self, slot_dir: Path, sources: dict[str, str], limits: Limits) -> list[str]:
         args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--clearenv", "--cap-drop", "ALL",
+                "--new-session", "--as-pid-1", "--clearenv", "--cap-drop", "ALL",
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
                 "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",

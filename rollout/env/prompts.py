@@ -123,15 +123,21 @@ def build_prompt(state: State, task: Task, budget_tokens: int = 6000,
     return Prompt(SYSTEM, user, op, truncated)
 
 
+@functools.lru_cache(maxsize=256)
+def _feature_counts(train_path: str, mtime: float, id_column: str, target: str) -> tuple[int, int]:
+    train = pd.read_csv(train_path, nrows=200)
+    features = [col for col in train.columns if col not in (id_column, target)]
+    n_cat = sum(not pd.api.types.is_numeric_dtype(train[col]) for col in features)
+    return len(features) - n_cat, n_cat
+
+
 def spec_prompt(state: State, task: Task) -> str:
     """The compact prompt of the tiny-model spec mode (the previous spec is the state's code)."""
     c = task.config
-    train = pd.read_csv(task.public_dir / "train.csv", nrows=200)
-    features = [col for col in train.columns if col not in (c.id_column, c.target_column)]
-    n_cat = sum(not pd.api.types.is_numeric_dtype(train[col]) for col in features)
+    path = task.public_dir / "train.csv"
+    n_num, n_cat = _feature_counts(str(path), path.stat().st_mtime, c.id_column, c.target_column)
     parts = [f"task {c.id} {c.kind} metric {c.metric} {c.direction}",
-             f"features {len(features) - n_cat} numeric {n_cat} categorical",
-             f"op {state.operator}"]
+             f"features {n_num} numeric {n_cat} categorical", f"op {state.operator}"]
     if state.code is not None:
         parts.append(f"spec {state.code.strip().splitlines()[0] if state.code.strip() else ''}")
         fb = state.feedback

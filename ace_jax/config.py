@@ -51,6 +51,7 @@ class EnvSection:
     workers: int = 2
     tasks: str = "train"                # built-in split or a directory of tasks
     prompt_budget_tokens: int = 6000
+    cache_executions: bool = True       # deterministic scripts: a repeated response is not re-run
 
 
 @dataclasses.dataclass(frozen=True)

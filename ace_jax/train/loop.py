@@ -31,7 +31,7 @@ from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train.assemble import assemble_batch
 from ace_jax.train import run_dir as run_files
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from ace_jax.train.rollouts import collect
+from ace_jax.train.rollouts import ExecutionCache, collect
 from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
 from ace_jax.train.state import create_train_state
 from ace_jax.train.step import make_train_step
@@ -99,6 +99,7 @@ class Trainer:
         sandbox = make_sandbox(cfg.env.sandbox)
         self.pool = WorkerPool(sandbox, cfg.env.workers)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
+        self.exec_cache = ExecutionCache() if cfg.env.cache_executions else None
         self.buffer = EvolvingBuffer(cfg.curriculum)
         self.buffer.add_roots(np.arange(len(self.task_ids)))
         self.sampler = LearnabilitySampler(seed=cfg.train.seed)
@@ -139,7 +140,8 @@ class Trainer:
         states = [entry_state(self.buffer, int(i), self.task_ids) for i in ids]
         rollouts = collect(self.engine, self.pool, self.codec, self.tasks, ids, states, group_size=group,
                            temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                           limits=self.limits, seed=cfg.train.seed * 1_000_003 + self.step)
+                           limits=self.limits, seed=cfg.train.seed * 1_000_003 + self.step,
+                           cache=self.exec_cache)
         t_rollout = time.perf_counter() - started
         self.buffer.record(ids, rollouts.rewards, rollouts.successes, self.step)
         parents, q, ops, hashes, payloads = child_records(
@@ -158,7 +160,8 @@ class Trainer:
             "best_q": float(max(r.q for row in rollouts.results for r in row)),
             "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
-            "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3)}
+            "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
+            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
         if n_informative:
             self.state, metrics = self.step_fn(self.state, jax.tree.map(jnp.asarray, batch))
             record.update({k2: float(v) for k2, v in metrics.items()})

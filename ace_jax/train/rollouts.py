@@ -38,9 +38,35 @@ def _run_one(sandbox, slot: int, item) -> StepResult:
                     parent_q=parent_q)
 
 
+class ExecutionCache:
+    """Step results by (task, response, cut off, parent q): solution scripts are deterministic
+    (fixed seeds), so a response seen before is not executed again. Bounded, oldest dropped."""
+
+    def __init__(self, max_entries: int = 4096):
+        self.max_entries = max_entries
+        self.entries: dict[tuple, StepResult] = {}
+        self.hits = 0
+
+    @staticmethod
+    def key(item) -> tuple:
+        task, response, mode, truncated, _limits, parent_q = item
+        return (task.id, mode, response, bool(truncated), round(float(parent_q), 12))
+
+    def run(self, pool: WorkerPool, items: list) -> list[StepResult]:
+        keys = [self.key(it) for it in items]
+        todo = {k: it for k, it in zip(keys, items) if k not in self.entries}
+        for k, result in zip(todo, pool.map(_run_one, list(todo.values()))):
+            self.entries[k] = result
+        self.hits += len(items) - len(todo)
+        results = [self.entries[k] for k in keys]
+        while len(self.entries) > self.max_entries:
+            self.entries.pop(next(iter(self.entries)))
+        return results
+
+
 def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[str, Task],
             entry_ids: np.ndarray, states: Sequence[State], *, group_size: int, temperature: float,
-            max_new_tokens: int, limits: Limits, seed: int) -> RolloutRound:
+            max_new_tokens: int, limits: Limits, seed: int, cache: ExecutionCache | None = None) -> RolloutRound:
     """Generate G completions per state with fully stated sampling, execute and grade them."""
     prompts = [codec.encode_prompt(s, tasks[s.task_id]) for s in states]
     sampling = [SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
@@ -56,7 +82,7 @@ def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[s
         for c in samples:
             items.append((tasks[state.task_id], codec.decode_response(list(c.token_ids)), codec.mode,
                           c.finish_reason == "length", limits, state.q))
-    flat = pool.map(_run_one, items)
+    flat = cache.run(pool, items) if cache is not None else pool.map(_run_one, items)
     results = [flat[i * group_size:(i + 1) * group_size] for i in range(len(states))]
     rewards = np.array([[r.reward.reward for r in row] for row in results], np.float64).reshape(len(states), group_size)
     successes = np.array([[r.reward.success for r in row] for row in results], bool).reshape(len(states), group_size)

@@ -1,0 +1,36 @@
+"""Place a train state and update batches on a mesh by the logical-axis rules.
+
+Parameters (and the reference copy) follow each Variable's `logical_axes`; optimizer moments
+follow the parameters; counters and the RNG are replicated. Batches split over the rules'
+`batch` axes (data, fsdp, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ace_jax.train.batch import TrainBatch
+from ace_jax.train.state import TrainState
+from sharding.init import optimizer_shardings
+from sharding.rules import batch_sharding, state_shardings
+
+
+def train_state_sharding(state: TrainState, optimizer: optax.GradientTransformation, mesh, rules) -> TrainState:
+    """A TrainState-shaped tree of NamedShardings."""
+    params = state_shardings(state.params, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(params=params,
+                      opt_state=optimizer_shardings(optimizer, state.opt_state, params, mesh),
+                      step=replicated, rng=replicated, skipped=replicated,
+                      ref_params=None if state.ref_params is None else params)
+
+
+def batch_sharding_for(batch: TrainBatch, mesh, rules) -> TrainBatch:
+    return TrainBatch(*(batch_sharding(mesh, rules, x.shape, ("batch", "seq")[: len(x.shape)]) for x in batch))
+
+
+def shard(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(jax.device_put, tree, shardings)

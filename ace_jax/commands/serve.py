@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-version", default="default", help="initial weight version")
     parser.add_argument("--sampling-defaults", default="model", choices=["model", "openai"],
                         help="defaults for sampling fields a request omits (as SGLang's flag)")
-    parser.add_argument("--moe-backend", default=None, help="MoE dispatch backend for inference")
+    parser.add_argument("--moe-backend", default=None, help="MoE backend for the prefill (default: the model's)")
+    parser.add_argument("--decode-moe-backend", default=None, help="MoE backend for decode steps (default: dense on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without sampling_seed")
     parser.add_argument("--log-requests", action="store_true")
 
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     explicit = {"batch": args.batch_buckets, "prompt": args.prompt_buckets, "generate": args.generate_buckets}
     buckets = dataclasses.replace(buckets, **{k: parse_sizes(v, f"--{k}-buckets") for k, v in explicit.items() if v})
     engine = JaxEngine.from_hf(args.hf, dtype=args.dtype, buckets=buckets, weight_version=args.weight_version,
-                               seed=args.seed, moe_backend=args.moe_backend)
+                               seed=args.seed, moe_backend=args.moe_backend,
+                               decode_moe_backend=args.decode_moe_backend)
     tokenizer = load_tokenizer(args.hf)
     server = make_server(engine, args.host, args.port, tokenizer=tokenizer,
                          defaults=sampling_defaults(args.hf, args.sampling_defaults),

@@ -46,14 +46,20 @@ class JaxEngine:
     def __init__(self, model: Qwen3ForCausalLM, *, buckets: Buckets | None = None,
                  eos_token_ids: Sequence[int] | None = None, weight_version: str = "default",
                  seed: int = 0, max_stop_ids: int = 16, model_path: str | None = None,
-                 moe_backend: str | None = None):
+                 moe_backend: str | None = None, decode_moe_backend: str | None = None):
+        """`moe_backend` (default: the model's) runs the prefill; `decode_moe_backend` the decode
+        steps (default: `dense` on CPU, where a few tokens per step make it the fastest, measured
+        in bench/decode.py; else the prefill's)."""
         self.config = model.config
         self.buckets = buckets or Buckets.powers_of_two(max_prompt=min(2048, self.config.max_position_embeddings))
         if moe_backend:
             self.config = self.config.replace(moe_backend=moe_backend)
+        if decode_moe_backend is None:
+            decode_moe_backend = "dense" if jax.default_backend() == "cpu" else self.config.moe_backend
         # The graph of an abstract model depends only on the config, so engines with the same
         # architecture share compiled functions (the params are an argument, never a constant).
-        self.graphdef = nnx.split(nnx.eval_shape(lambda: Qwen3ForCausalLM(self.config, rngs=nnx.Rngs(0))))[0]
+        self.graphdef = _graph(self.config)
+        self.decode_graphdef = _graph(self.config.replace(moe_backend=decode_moe_backend))
         self.state = nnx.split(model)[1]
         self._paths, self._treedef = _flatten(self.state)
         eos = self.config.eos_token_id if eos_token_ids is None else eos_token_ids
@@ -211,7 +217,7 @@ class JaxEngine:
             temp[i], top_p[i], top_k[i], min_p[i] = sp.temperature, sp.top_p, sp.top_k, sp.min_p
             seeds[i], sample[i] = row.seed, row.sample
         out = _generate_jit(self.state, ids, pad, max_new, stop, temp, top_k, top_p, min_p, seeds, sample,
-                            graphdef=self.graphdef, gen_len=g, routed=routed)
+                            graphdef=self.graphdef, decode_graphdef=self.decode_graphdef, gen_len=g, routed=routed)
         tokens, logprobs, lengths, finish = (np.asarray(x) for x in out[:4])
         comps = []
         for i, (row, req) in enumerate(zip(chunk, reqs)):
@@ -230,10 +236,11 @@ class JaxEngine:
 
 
 def _generate(state, ids, pad, max_new, stop, temp, top_k, top_p, min_p, seeds, sample_idx, *,
-              graphdef, gen_len: int, routed: bool):
+              graphdef, decode_graphdef, gen_len: int, routed: bool):
     """Prefill [B, P] left-padded prompts, then decode up to `gen_len` tokens per row."""
     _TRACES[0] += 1  # runs only while tracing
     model = nnx.merge(graphdef, state)
+    decoder = nnx.merge(decode_graphdef, state)
     cfg = model.config
     b, p = ids.shape
     s = p + gen_len
@@ -273,7 +280,7 @@ def _generate(state, ids, pad, max_new, stop, temp, top_k, top_p, min_p, seeds, 
         i = c["step"]
         feed = jax.lax.dynamic_index_in_dim(c["tokens"], i - 1, axis=1)  # [B, 1]
         slot = jnp.full((b, 1), p - 1, jnp.int32) + i
-        out = model.forward(feed, valid, (plen - 1 + i)[:, None], cache=c["cache"], cache_slots=slot)
+        out = decoder.forward(feed, valid, (plen - 1 + i)[:, None], cache=c["cache"], cache_slots=slot)
         tok, lp = pick(out.logits[:, 0], i)
         active = ~c["done"]
         lengths = c["lengths"] + active
@@ -297,7 +304,11 @@ def _generate(state, ids, pad, max_new, stop, temp, top_k, top_p, min_p, seeds, 
 
 
 _TRACES = [0]
-_generate_jit = jax.jit(_generate, static_argnames=("graphdef", "gen_len", "routed"))
+_generate_jit = jax.jit(_generate, static_argnames=("graphdef", "decode_graphdef", "gen_len", "routed"))
+
+
+def _graph(cfg):
+    return nnx.split(nnx.eval_shape(lambda: Qwen3ForCausalLM(cfg, rngs=nnx.Rngs(0))))[0]
 
 
 def _flatten(state) -> tuple[list[str], Any]:

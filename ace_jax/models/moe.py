@@ -99,6 +99,16 @@ BACKENDS: dict[str, Callable] = {
 }
 
 
+def resolve_backend(backend: str) -> str:
+    """`auto` -> the fastest backend measured on this platform (bench/moe_block.py):
+    `ragged` on TPU (grouped matmul kernels), `blocked` on CPU and GPU."""
+    if backend == "auto":
+        return "ragged" if jax.default_backend() == "tpu" else "blocked"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown moe_backend {backend!r}; allowed: {['auto'] + sorted(BACKENDS)}")
+    return backend
+
+
 class MoEStats(NamedTuple):
     """Per-layer router statistics: tokens per expert [E] (valid tokens only), Switch aux loss."""
 
@@ -114,8 +124,7 @@ def moe_block(x: jax.Array, router: jax.Array, gate: jax.Array, up: jax.Array, d
 
     Returns (y [N, H], expert ids [N, k], stats).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown moe_backend {backend!r}; allowed: {sorted(BACKENDS)}")
+    backend = resolve_backend(backend)
     routing = route(x, router, top_k, norm_topk_prob, forced_ids)
     ffn = expert_ffn(backend, BACKENDS[backend])  # expert parallelism when sharding hooks are active
     y = ffn(x, routing, gate.astype(x.dtype), up.astype(x.dtype), down.astype(x.dtype))

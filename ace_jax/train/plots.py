@@ -30,7 +30,8 @@ def plot_training(history: Sequence[dict[str, Any]], path: str) -> str:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     FigureCanvasAgg(fig).print_png(path)
     return path

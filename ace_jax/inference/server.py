@@ -129,11 +129,14 @@ class Handler(BaseHTTPRequestHandler):
             data, ctype = text.encode(), "text/plain; charset=utf-8"
         else:
             data, ctype = json.dumps(payload).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away; nothing to answer
 
     def _error(self, status: int, message: str) -> None:
         self._send(status, {"error": {"message": message}})

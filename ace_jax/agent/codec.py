@@ -65,3 +65,12 @@ class ChatCodec:
 
     def decode_response(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False).replace("<|im_end|>", "")
+
+
+def make_codec(mode: str, tasks: list[Task], budget_tokens: int = 6000) -> Codec:
+    """The codec of an action mode: `spec` (word vocabulary over `tasks`) or `code` (Qwen3 chat)."""
+    if mode == "spec":
+        return SpecCodec(tasks)
+    if mode == "code":
+        return ChatCodec(budget_tokens=budget_tokens)
+    raise ValueError(f"action mode {mode!r}; allowed: ['code', 'spec']")

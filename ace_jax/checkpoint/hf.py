@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -31,6 +32,8 @@ INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+
+_SOURCES: "weakref.WeakKeyDictionary[Qwen3ForCausalLM, str]" = weakref.WeakKeyDictionary()
 
 ShardingFn = Callable[[tuple[str, ...], tuple[int, ...]], "jax.sharding.Sharding | None"]
 
@@ -179,8 +182,14 @@ def load(hf_dir: str | os.PathLike, dtype: str = "float32", *, sharding_for: Sha
             var.set_value(value)
     finally:
         reader.close()
-    model.source_dir = hf_dir
+    _SOURCES[model] = hf_dir
     return model
+
+
+def source_dir(model: Qwen3ForCausalLM) -> str | None:
+    """The HF directory a model was loaded from (kept outside the module so that models from
+    different directories share one graph, and compiled functions)."""
+    return _SOURCES.get(model)
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -245,7 +254,7 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
         json.dump(cfg.to_hf(dtype), f, indent=2)
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump(generation_config(cfg), f, indent=2)
-    source = tokenizer_dir or getattr(model, "source_dir", None)
+    source = tokenizer_dir or source_dir(model)
     if source:
         copy_tokenizer_files(source, out_dir)
     return written

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ace_jax.checkpoint import hf
 from ace_jax.inference import sampling
 from ace_jax.inference.buckets import Buckets
 from ace_jax.models import Qwen3ForCausalLM
@@ -65,7 +66,7 @@ class JaxEngine:
         eos = self.config.eos_token_id if eos_token_ids is None else eos_token_ids
         self.eos_token_ids = tuple(sorted({int(e) for e in ([eos] if isinstance(eos, int) else eos or ())}))
         self.weight_version = weight_version
-        self.model_path = model_path or getattr(model, "source_dir", None)
+        self.model_path = model_path or hf.source_dir(model)
         self.max_stop_ids = max_stop_ids
         self._updates = 0
         self._seeds = np.random.default_rng(seed)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ace_jax.agent.codec import ChatCodec, SpecCodec
+from ace_jax.agent.codec import make_codec
 from ace_jax.agent.states import child_records, entry_state
 from ace_jax.config import ExperimentConfig
 from ace_jax.curriculum import EvolvingBuffer, LearnabilitySampler, MetricsLog, plot_metrics
@@ -55,6 +55,11 @@ def select_tasks(spec: str) -> dict:
     return tasks
 
 
+def vocabulary_tasks(tasks: dict) -> dict:
+    """Tasks the spec vocabulary is built over: all built-in tasks plus the run's own."""
+    return {**ensure_tasks(), **tasks}
+
+
 def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3ForCausalLM:
     """The policy: a preset sized to the codec's vocabulary, or a HF checkpoint."""
     if cfg.model.hf:
@@ -73,14 +78,14 @@ def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int
 class Trainer:
     """Owns the model state, engine, sandboxes, buffer and sampler of one run directory."""
 
-    def __init__(self, cfg: ExperimentConfig, *, echo: Callable[[str], None] = print):
-        self.cfg, self.echo = cfg, echo
+    def __init__(self, cfg: ExperimentConfig, *, echo: Callable[[str], None] | None = None):
+        self.cfg, self.echo = cfg, echo or (lambda line: print(line, flush=True))
         self.run_dir = cfg.train.run_dir
         os.makedirs(self.run_dir, exist_ok=True)
         self.tasks = select_tasks(cfg.env.tasks)
         self.task_ids = sorted(self.tasks)
-        self.codec = SpecCodec(list(self.tasks.values())) if cfg.env.mode == "spec" else ChatCodec(
-            budget_tokens=cfg.env.prompt_budget_tokens)
+        # The spec vocabulary covers every built-in task, so held-out evaluation can reuse it.
+        self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks).values()), cfg.env.prompt_budget_tokens)
         model = build_model(cfg, self.codec.vocab_size, self.codec.pad_id, self.codec.stop_ids[0])
         self.model_config = model.config
         opt_cfg = cfg.optimizer if cfg.optimizer.total_steps != OptimizerConfig().total_steps else \
@@ -115,8 +120,18 @@ class Trainer:
         if self.cfg.rollout.engine == "jax":
             from ace_jax.inference.engine import JaxEngine
             return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed)
+        from ace_jax.checkpoint import hf
         from rollout.sglang import SGLangEngine
-        return SGLangEngine.from_config(self.cfg.rollout)
+        # SGLang loads weights from disk: the initial policy is exported once; every update
+        # exports the trainer's params to a fresh directory (see rollout/sglang.py).
+        model_path = self.cfg.model.hf
+        if model_path is None and not self.cfg.rollout.sglang_urls:
+            model_path = os.path.join(self.run_dir, "hf_initial")
+            hf.save(model, model_path, dtype="bfloat16")
+        graphdef = self.graphdef
+        return SGLangEngine.from_config(
+            self.cfg.rollout, model_path=model_path,
+            exporter=lambda params, out: hf.save(nnx.merge(graphdef, params), out, dtype="bfloat16"))
 
     def _maybe_resume(self) -> None:
         if self.checkpointer.latest_step() is None:

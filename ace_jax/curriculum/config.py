@@ -8,9 +8,10 @@ and the allowed values.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from ace_jax.validation import check_integer as _integer, check_number as _number, strict_from_dict
 
 from .potentials import POTENTIALS
 
@@ -67,56 +68,10 @@ class CurriculumConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CurriculumConfig":
         """Build from a mapping (YAML / ``key=value`` overrides); numeric strings are coerced."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(
-                f"unknown CurriculumConfig key(s) {unknown}; allowed: {sorted(fields)}"
-            )
-        return cls(**{k: _coerce(k, v, fields[k].type) for k, v in d.items()})
+        return strict_from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> "CurriculumConfig":
         return dataclasses.replace(self, **changes)
-
-
-def _range_text(lo, hi, lo_open: bool, hi_open: bool) -> str:
-    left, right = "(" if lo_open else "[", ")" if hi_open or hi is None else "]"
-    return f"{left}{lo}, {'inf' if hi is None else hi}{right}"
-
-
-def _number(key: str, value: Any, *, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    rng = _range_text(lo, hi, lo_open, hi_open)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number in {rng}, got {value!r}")
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
-        hi is not None and (value > hi or (hi_open and value == hi))
-    )
-    if bad:
-        raise ValueError(f"{key}={value!r} is out of range; allowed: {rng}")
-
-
-def _integer(key: str, value: Any, *, lo=None, hi=None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer in {_range_text(lo, hi, False, False)}, "
-                         f"got {value!r}")
-    _number(key, value, lo=lo, hi=hi)
-
-
-def _coerce(key: str, value: Any, type_name: Any) -> Any:
-    """Strings from YAML or the CLI -> the field's type; ints are accepted for floats."""
-    t = str(type_name)
-    if t == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, str):
-        return value
-    try:
-        if t == "float":
-            return float(value)
-        if t == "int":
-            return int(value)
-    except ValueError:
-        raise ValueError(f"{key}={value!r} is not a valid {t}") from None
-    return value

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from ace_jax.validation import check_choice as _choice, check_number as _number, strict_from_dict
 
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
@@ -61,53 +62,10 @@ class LossConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LossConfig":
         """Build from a mapping (YAML / ``key=value`` overrides); numeric strings are coerced."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown LossConfig key(s) {unknown}; allowed: {sorted(fields)}")
-        return cls(**{k: _coerce(k, v, fields[k].type) for k, v in d.items()})
+        return strict_from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> "LossConfig":
         return dataclasses.replace(self, **changes)
-
-
-def _choice(key: str, value: Any, allowed: Mapping[str, Any]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not allowed; allowed: {sorted(allowed)}")
-
-
-def _number(key, value, *, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    left, right = "(" if lo_open else "[", ")" if hi_open or hi is None else "]"
-    rng = f"{left}{lo}, {'inf' if hi is None else hi}{right}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number in {rng}, got {value!r}")
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
-        hi is not None and (value > hi or (hi_open and value == hi))
-    )
-    if bad:
-        raise ValueError(f"{key}={value!r} is out of range; allowed: {rng}")
-
-
-def _coerce(key: str, value: Any, type_name: Any) -> Any:
-    """Strings from YAML (``3e-4`` stays a string there) or the CLI -> the field's type."""
-    if not isinstance(value, str):
-        return value
-    t = str(type_name)
-    try:
-        if t == "float":
-            return float(value)
-        if t.startswith("int"):
-            return None if value.lower() in ("none", "null") else int(value)
-    except ValueError:
-        raise ValueError(f"{key}={value!r} is not a valid {t}") from None
-    if t == "bool":
-        low = value.lower()
-        if low in ("true", "1", "yes"):
-            return True
-        if low in ("false", "0", "no"):
-            return False
-        raise ValueError(f"{key}={value!r} is not allowed; allowed: true, false")
-    return value

@@ -8,6 +8,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import optax
 
+from ace_jax.validation import strict_from_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
@@ -32,12 +34,7 @@ class OptimizerConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OptimizerConfig":
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown optimizer key(s) {unknown}; known: {sorted(known)}")
-        return cls(**{k: type(getattr(cls, k))(v) if not isinstance(getattr(cls, k), str) else v
-                      for k, v in data.items()})
+        return strict_from_dict(cls, data)
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -149,12 +149,14 @@ class BwrapSandbox(Sandbox):
                           read_capped(outbox / "submission.csv", limits.max_file_mb << 20), limits=limits)
 
     def close(self) -> None:
-        for uid in self._slot_uid.values():
-            kill_uid(uid)
-        if self.uids is not None:
-            self.uids.release_all()
-        self._slot_uid.clear()
-        self.dirs.close()
+        try:
+            for uid in self._slot_uid.values():
+                kill_uid(uid)
+        finally:
+            if self.uids is not None:
+                self.uids.release_all()
+            self._slot_uid.clear()
+            self.dirs.close()
 
 
 def probe() -> str | None:

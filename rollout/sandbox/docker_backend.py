@@ -151,19 +151,21 @@ class DockerSandbox(Sandbox):
                           read_capped(outbox / "submission.csv", limits.max_file_mb << 20), oom, limits)
 
     def close(self) -> None:
-        for uid in self._slot_uid.values():
-            if self.root_mode:
-                kill_uid(uid)
-        if self.uids is not None:
-            self.uids.release_all()
-        self._slot_uid.clear()
-        for client in self._clients.values():
-            try:
-                client.close()
-            except Exception:
-                pass
-        self._clients.clear()
-        self.dirs.close()
+        try:
+            for uid in self._slot_uid.values():
+                if self.root_mode:
+                    kill_uid(uid)
+        finally:
+            if self.uids is not None:
+                self.uids.release_all()
+            self._slot_uid.clear()
+            for client in self._clients.values():
+                try:
+                    client.close()
+                except Exception:  # a closed connection is fine here
+                    pass
+            self._clients.clear()
+            self.dirs.close()
 
 
 def leftover_containers(client) -> list:

@@ -136,6 +136,9 @@ class SlotDirs:
 
     def slot(self, n: int) -> Path:
         path = self.root / f"slot-{n}"
+        if not self.root.is_dir():  # removed from outside (a /tmp cleaner): recreate it
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.root, 0o755)
         path.mkdir(mode=0o755, exist_ok=True)
         return path
 

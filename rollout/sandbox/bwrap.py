@@ -70,7 +70,11 @@ class BwrapSandbox(Sandbox):
         self.dirs = SlotDirs(slot_root)
         self.root_mode = is_root()
         if self.root_mode:
-            check_traversable(self.dirs.root)
+            try:
+                check_traversable(self.dirs.root)
+            except Exception:
+                self.dirs.close()
+                raise
         self.uids = UidPool(**({"base": uid_base} if uid_base is not None else {})) if self.root_mode else None
         self._slot_uid: dict[int, int] = {}
 

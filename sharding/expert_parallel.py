@@ -61,6 +61,12 @@ def _axes(spec_entry: Any) -> tuple[str, ...]:
 
 def _ring(x, weights, ids, gate, up, down, *, ep_axes, gather_axes, sum_axes, impl):
     e_local = gate.shape[0]
+    if sum_axes:
+        # Tokens are replicated over these axes; mark them varying explicitly so that the backward
+        # pass sums their cotangents over the axes (the gathers by varying indices below do not
+        # trigger JAX's implicit conversion, which left the token / router gradients per-device).
+        x = jax.lax.pcast(x, sum_axes, to="varying")
+        weights = jax.lax.pcast(weights, sum_axes, to="varying")
     if gather_axes:
         x = jax.lax.all_gather(x, gather_axes, axis=0, tiled=True)
         weights = jax.lax.all_gather(weights, gather_axes, axis=0, tiled=True)

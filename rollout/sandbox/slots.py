@@ -2,7 +2,7 @@
 
 As root, RLIMIT_NPROC does not bind, so every worker slot runs its scripts as its own
 unprivileged uid (default 60000 + n). A uid is claimed host-wide with an flock on
-/tmp/ace-jax-sandbox-uids/<uid>.lock, so two pools never share one (a shared uid would pool
+/run/ace-jax-sandbox-uids/<uid>.lock (/tmp when /run is not writable), so two pools never share one (a shared uid would pool
 the process limit, and the sweep after each run kills every process of the slot's uid).
 """
 
@@ -21,7 +21,8 @@ from rollout.sandbox.base import OUTBOX_FILES, SandboxError
 
 UID_BASE = 60000
 UID_COUNT = 1000
-LOCK_DIR = Path(tempfile.gettempdir()) / "ace-jax-sandbox-uids"
+# /run (root-only, not swept by /tmp cleaners) when we can write there.
+LOCK_DIR = (Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())) / "ace-jax-sandbox-uids"
 
 
 def is_root() -> bool:

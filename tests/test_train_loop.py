@@ -55,3 +55,27 @@ def test_loop_runs_checkpoints_and_resumes(tmp_path):
     finally:
         resumed.close()
     assert summary["steps"] == 3 and summary["steps_this_run"] == 1
+
+
+@pytest.mark.slow
+def test_report_and_eval_of_a_run(tmp_path, capsys):
+    from ace_jax.cli import main
+
+    run_dir = tmp_path / "run"
+    trainer = Trainer(_config(run_dir, 1), echo=lambda s: None)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:3] == ["step", "reward", "valid"] and "plot:" in out
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--run", str(run_dir), "--tasks", "heldout", "--steps", "2", "--sandbox", "bwrap",
+                 "--out", str(report)]) == 0
+    summary = json.loads(report.read_text())
+    assert summary["tasks"] == 4 and summary["steps"] == 2 and summary["checkpoint_step"] == 1
+    assert 0.0 <= summary["valid_rate"] <= 1.0 and 1.0 <= summary["mean_steps_to_first_valid"] <= 3.0
+    for task in summary["per_task"]:
+        assert len(task["steps"]) == 2 and task["steps"][0]["operator"] == "draft"
+    assert main(["report", str(tmp_path / "nope")]) == 2

@@ -119,7 +119,9 @@ def test_tpu_names():
         tpu_topology_name("v9-3")
 
 
-def test_resolution_order_divisibility_and_logging(caplog):
+def test_resolution_order_divisibility_and_logging(caplog, monkeypatch):
+    import sharding.rules
+    monkeypatch.setattr(sharding.rules, "_LOGGED", set())  # notes are logged once per process
     mesh = build_mesh(load_mesh_config({"mesh": {"fsdp": 2, "tensor": 4}, "rules": {}}))
     rules = Rules.from_mapping({"batch": ["data", "fsdp"], "embed": "fsdp", "kv_heads": "tensor",
                                 "heads": "tensor", "vocab": "tensor"})

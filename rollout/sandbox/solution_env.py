@@ -46,9 +46,13 @@ def _outermost(paths) -> tuple[str, ...]:
     return tuple(sorted(keep))
 
 
-def check_paths(env: SolutionEnv, reserved: tuple[str, ...]) -> None:
-    """Refuse an environment whose directories collide with the sandbox's own paths."""
+def check_paths(env: SolutionEnv, reserved: tuple[str, ...], nestable: tuple[str, ...] = ("/tmp",)) -> None:
+    """Refuse an environment whose directories collide with the sandbox's own paths.
+
+    A directory inside a `nestable` path (a venv under /tmp, as in a CI checkout there) is
+    fine: the sandbox mounts its fresh tmpfs first and binds the environment on top of it."""
     for m in env.mounts:
         for r in reserved:
-            if m == r or m.startswith(r + "/") or r.startswith(m + "/"):
+            inside = m.startswith(r + "/")
+            if m == r or r.startswith(m + "/") or (inside and r not in nestable):
                 raise ValueError(f"solution environment directory {m} collides with the sandbox path {r}")

@@ -79,3 +79,21 @@ def test_report_and_eval_of_a_run(tmp_path, capsys):
     for task in summary["per_task"]:
         assert len(task["steps"]) == 2 and task["steps"][0]["operator"] == "draft"
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.slow
+def test_loop_on_a_mesh_of_8_devices(tmp_path):
+    cfg = load_config(DEMO_CONFIG, [
+        f"train.run_dir={tmp_path / 'run'}", "train.steps=1", "train.warmstart_steps=2", "mesh=fsdp_ep",
+        "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=8",
+        "env.sandbox=bwrap", "curriculum.capacity=64", "train.length_buckets=[64]"])
+    lines = []
+    trainer = Trainer(cfg, echo=lines.append)
+    try:
+        assert jax.device_count() == 8 and "fsdp=2, expert=4" in lines[0]
+        summary = trainer.run()
+        gate = trainer.state.params["runs"][0]["gate_proj"]
+        assert gate.sharding.spec[1] == "expert"   # experts stay split over the expert axis
+    finally:
+        trainer.close()
+    assert summary["steps"] == 1 and summary["skipped_updates"] == 0

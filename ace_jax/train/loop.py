@@ -30,6 +30,7 @@ from ace_jax.grpo import compute_advantages
 from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train.assemble import assemble_batch
 from ace_jax.train import run_dir as run_files
+from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.rollouts import ExecutionCache, collect
 from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
@@ -95,11 +96,14 @@ class Trainer:
             max_new_tokens=cfg.rollout.max_new_tokens)
         self.graphdef, self.state = create_train_state(model, self.optimizer, seed=cfg.train.seed,
                                                        with_reference=self.loss_config.kl_coef > 0)
+        self.placement = make_placement(cfg.mesh, self.state, self.optimizer)
+        self.state = self.placement.place_state(self.state)
         self.step_fn = make_train_step(self.graphdef, self.optimizer, self.loss_config,
                                        micro_batches=cfg.train.micro_batches,
                                        temperature=cfg.rollout.temperature,
                                        logprob_chunk=cfg.train.logprob_chunk,
-                                       learning_rate=learning_rate_schedule(opt_cfg))
+                                       learning_rate=learning_rate_schedule(opt_cfg),
+                                       state_sharding=self.placement.state_sharding)
         self.engine = self._make_engine(model)
         sandbox = make_sandbox(cfg.env.sandbox)
         self.pool = WorkerPool(sandbox, cfg.env.workers)
@@ -114,6 +118,8 @@ class Trainer:
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
         run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
+        self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
+                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, sandbox {sandbox.name}")
 
     # ------------------------------------------------------------------------- setup
     def _make_engine(self, model):
@@ -178,7 +184,8 @@ class Trainer:
             "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
             "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
         if n_informative:
-            self.state, metrics = self.step_fn(self.state, jax.tree.map(jnp.asarray, batch))
+            with self.placement.tracing():
+                self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
             record.update({k2: float(v) for k2, v in metrics.items()})
             self.engine.update_weights(self.state.params, weight_version=str(self.step + 1))
         else:
@@ -198,11 +205,13 @@ class Trainer:
         from ace_jax.train.warmstart import warm_start
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
         sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
-                                   temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk)
+                                   temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
+                                   state_sharding=self.placement.state_sharding)
         rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step
-        self.state = warm_start(sft_step, self.state, self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
-                                rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
-                                echo=self.echo)
+        with self.placement.tracing():
+            self.state = warm_start(sft_step, self.state, self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
+                                    rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
+                                    place_batch=self.placement.place_batch, echo=self.echo)
         self.engine.update_weights(self.state.params, weight_version="warmstart")
 
     def run(self, steps: int | None = None) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def spec_menu(task: Task) -> list[str]:
 
 
 def warm_start(step_fn, state, codec, tasks: dict[str, Task], *, steps: int, rows: int, buckets: tuple[int, ...],
-               seed: int, echo: Callable[[str], None] = print):
+               seed: int, place_batch: Callable | None = None, echo: Callable[[str], None] = print):
     """Run `steps` behaviour-cloning updates of `rows` (prompt, spec) pairs; returns the state."""
     rng = np.random.default_rng(seed)
     task_list = [tasks[k] for k in sorted(tasks)]
@@ -48,7 +48,7 @@ def warm_start(step_fn, state, codec, tasks: dict[str, Task], *, steps: int, row
         completions = [codec.tokenizer.encode(str(rng.choice(menus[t.id])), add_eos=True) for t in picks]
         batch = make_batch(prompts, completions, np.ones(rows, np.float32),
                            [[0.0] * len(c) for c in completions], pad_id=codec.pad_id, buckets=buckets)
-        state, metrics = step_fn(state, jax.tree.map(jnp.asarray, batch))
+        state, metrics = step_fn(state, place_batch(batch) if place_batch else jax.tree.map(jnp.asarray, batch))
         if (i + 1) % max(1, steps // 5) == 0 or i + 1 == steps:
             echo(f"warm start {i + 1}/{steps} | mean token logprob {-float(metrics['rollout_logprob_abs_diff']):.3f}")
     return state

@@ -34,3 +34,14 @@ def test_bad_overrides_name_the_key(override, message):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("configs/experiments/nope.yaml")
+
+
+def test_every_experiment_config_loads():
+    import pathlib
+    configs = sorted(pathlib.Path(DEMO_CONFIG).parent.glob("*.yaml"))
+    assert len(configs) >= 2
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.train.steps > 0
+    big = load_config(pathlib.Path(DEMO_CONFIG).parent / "qwen3-30b-a3b-code.yaml")
+    assert big.model.preset is None and big.env.mode == "code" and big.mesh == "h100x8"

@@ -23,13 +23,15 @@ class ModelHooks:
     expert_ffn: Callable | None = None
 
 
-def model_hooks(mesh, rules, expert_parallel: str = "none", constrain: bool = True) -> ModelHooks:
-    """Hooks for `mesh` and `rules`; `expert_parallel` in ('none', 'ring', 'all_to_all')."""
+def model_hooks(mesh, rules, expert_parallel: str = "none", constrain: bool = True,
+                local_impl: str | None = None) -> ModelHooks:
+    """Hooks for `mesh` and `rules`; `expert_parallel` in ('none', 'ring', 'all_to_all');
+    `local_impl` forces the per-device expert computation ('ragged' or 'dense')."""
     if expert_parallel not in EXPERT_PARALLEL:
         raise ValueError(f"expert_parallel is {expert_parallel!r}; allowed: {list(EXPERT_PARALLEL)}")
     rules = as_rules(rules)
     fn = activation_constrainer(mesh, rules) if constrain else (lambda x, axes: x)
-    ep = None if expert_parallel == "none" else expert_parallel_ffn(mesh, rules, expert_parallel)
+    ep = None if expert_parallel == "none" else expert_parallel_ffn(mesh, rules, expert_parallel, local_impl)
     return ModelHooks(mesh, rules, fn, ep)
 
 

@@ -139,9 +139,16 @@ def _read(path: pathlib.Path, seen: tuple[pathlib.Path, ...] = ()) -> dict[str, 
     base = data.pop("base", None)
     if base is None:
         return data
-    merged = _read(resolve_path(base) if not os.path.isabs(str(base)) else pathlib.Path(base), seen + (path,))
+    local = [path.parent / f"{base}.yaml", path.parent / str(base)]
+    base_path = next((c for c in local if c.is_file()), None) or resolve_path(base)
+    return _merge(_read(base_path, seen + (path,)), data)
+
+
+def _merge(base: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` over `base`; the sections mesh, dcn, target and train merge key by key."""
+    merged = dict(base)
     for key, value in data.items():
-        if key in ("target", "train", "mesh", "dcn") and isinstance(value, dict):
+        if key in ("target", "train", "mesh", "dcn") and isinstance(value, Mapping):
             merged[key] = {**(merged.get(key) or {}), **value}
         else:
             merged[key] = value
@@ -154,8 +161,7 @@ def load_mesh_config(source: str | os.PathLike | Mapping[str, Any], name: str | 
         data = dict(source)
         _check_keys(f"mesh config {name or '<dict>'}", data, TOP_KEYS)
         if "base" in data:
-            base = _read(resolve_path(data.pop("base")))
-            data = {**base, **data}
+            data = _merge(_read(resolve_path(data.pop("base"))), data)
         name = name or "<dict>"
     else:
         path = resolve_path(source)
@@ -191,10 +197,11 @@ def load_mesh_config(source: str | os.PathLike | Mapping[str, Any], name: str | 
 
 
 def initialize_distributed(cfg: MeshConfig) -> bool:
-    """`jax.distributed.initialize()` when the config gives coordinates (or 'auto'); returns True if called."""
+    """`jax.distributed.initialize()` when the config gives coordinates (or 'auto': TPU pod slices,
+    SLURM, ...); returns True if it was called. Must run before JAX starts its backends."""
     import jax
 
-    if cfg.distributed is None:
+    if cfg.distributed is None or jax.distributed.is_initialized():
         return False
     if cfg.distributed == "auto":
         jax.distributed.initialize()
@@ -238,3 +245,10 @@ def build_mesh(cfg: MeshConfig, devices: Sequence[Any] | None = None):
             arr = np.asarray(devices, dtype=object).reshape(shape)
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.sharding.Mesh(arr, MESH_AXES, axis_types=axis_types)
+
+
+def mesh_for(source: str | os.PathLike | Mapping[str, Any]):
+    """Load a mesh config, join the multi-host job if it says so, and build its mesh: (config, mesh)."""
+    cfg = load_mesh_config(source)
+    initialize_distributed(cfg)
+    return cfg, build_mesh(cfg)

@@ -17,6 +17,7 @@ import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sharding.mesh import MESH_AXES
@@ -207,8 +208,13 @@ def batch_sharding(mesh, rules, shape: Sequence[int],
 
 
 def shard_batch(batch: Any, mesh, rules) -> Any:
-    """Place a pytree of host arrays [batch, seq, ...] on the mesh with batch sharding."""
-    return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, x.shape)), batch)
+    """Place a pytree of host arrays [batch, seq, ...] on the mesh with batch sharding. On several
+    hosts each process passes its own rows (the global batch is the processes' rows in order)."""
+    def put(x):
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, rules, global_shape), x, global_shape)
+    return jax.tree.map(put, batch)
 
 
 def activation_constrainer(mesh, rules) -> Callable[[jax.Array, Sequence[str | None]], jax.Array]:

@@ -81,6 +81,12 @@ def prepare_planning_host() -> None:
         _quiet_libtpu_env()
 
 
+def has_libtpu() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("libtpu") is not None
+
+
 def tpu_devices(name: str) -> list:
     """Compile-only devices of a TPU topology (one per chip); needs libtpu."""
     import jax
@@ -88,10 +94,8 @@ def tpu_devices(name: str) -> list:
     topo_name = tpu_topology_name(name)
     if not on_tpu_host():
         _quiet_libtpu_env()
-    try:
-        import libtpu  # noqa: F401
-    except ImportError as exc:
-        raise TopologyError("TPU planning needs libtpu: pip install 'jax[tpu]==0.10.2' (the 'tpu' extra)") from exc
+    if not has_libtpu():
+        raise TopologyError("TPU planning needs libtpu: pip install 'jax[tpu]==0.10.2' (the 'tpu' extra)")
     from jax.experimental import topologies
 
     try:

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 # The update step compiled per plan: name -> "module:function" building a sharding.planner.StepSpec
-# from (cfg, mesh, rules, *, batch, seq_len, moments_dtype, expert_parallel). Add a step here.
+# from (cfg, mesh, rules, *, batch, seq_len, moments_dtype, expert_parallel, ep_local). Add a step here.
 STEP_BUILDERS: dict[str, str] = {
     "grpo": "ace_jax.train.plan_step:build_grpo",          # the GRPO train step (ace_jax.train.step)
     "adamw-xent": "ace_jax.train.plan_step:build",         # forward + backward + AdamW, token cross-entropy
@@ -92,7 +92,7 @@ def _device_count(cfg, args) -> int:
     return int(n)
 
 
-def _batches(args, cfg, mesh, rules, seq_len: int) -> list[int]:
+def _batches(args, cfg, mesh, rules) -> list[int]:
     if args.batch:
         return [int(b) for b in str(args.batch).split(",")]
     if cfg.train.get("batch"):
@@ -123,10 +123,17 @@ def plan_one(cfg, args, devices_for: Callable[[Any, int], tuple[list, str, bool,
     model_cfg = get_config(args.model, param_dtype=t["param_dtype"], compute_dtype=t["compute_dtype"],
                            remat=t["remat"], moe_backend=t["moe_backend"], **_overrides(args.set))
     build = _load_builder(args.step)
+    ep_local = None
+    if not exact and cfg.expert_parallel != "none":
+        # XLA:CPU lowers ragged_dot by expanding every group densely ([groups, rows, cols]), which a GPU
+        # (grouped GEMM) never allocates; the dense local expert computation is the closer proxy.
+        ep_local = "dense"
+        notes = list(notes) + ["expert-parallel local experts planned with the dense computation "
+                               "(XLA:CPU's ragged_dot expands every group; GPUs run a grouped GEMM)"]
     results = []
-    for batch in _batches(args, cfg, mesh, cfg.rules, seq_len):
+    for batch in _batches(args, cfg, mesh, cfg.rules):
         spec = build(model_cfg, mesh, cfg.rules, batch=batch, seq_len=seq_len,
-                     moments_dtype=t["moments_dtype"], expert_parallel=cfg.expert_parallel)
+                     moments_dtype=t["moments_dtype"], expert_parallel=cfg.expert_parallel, ep_local=ep_local)
         name = os.path.splitext(os.path.basename(cfg.name))[0]
         extra = list(notes) + replication_notes(spec.parts["params"](spec.state), mesh, cfg.rules)
         print(f"[plan] {name}: compiling {args.model} batch {batch} x {seq_len} on {n} devices ({compiler}) ...",
@@ -143,6 +150,11 @@ def _devices_for(target: str):
     def get(cfg, n):
         platform = cfg.platform
         use_tpu = target == "tpu" or (target == "auto" and platform == "tpu")
+        notes = []
+        if use_tpu and target == "auto" and not topology.has_libtpu():
+            use_tpu = False
+            notes.append("libtpu is not installed (pip install 'jax[tpu]==0.10.2'): TPU target planned on "
+                         "fake CPU devices")
         if use_tpu:
             name = cfg.target.get("topology")
             if not name:
@@ -153,7 +165,6 @@ def _devices_for(target: str):
                                  f"config asks for {n} devices")
             return (devices, f"TPU compiler ({topology.tpu_topology_name(name)})", True,
                     topology.hbm_gb_of(name), [])
-        notes = []
         if platform != "cpu":
             notes.append(f"{platform.upper()} target planned on {n} fake CPU devices: memory and collectives "
                          "are approximate (the CPU compiler's buffer assignment and fusion differ)")
@@ -169,7 +180,8 @@ def run(args) -> int:
     start = time.perf_counter()
     configs = _configs(args)
     if args.target != "tpu":
-        need = [_device_count(c, args) for c in configs if args.target == "cpu" or c.platform != "tpu"]
+        need = [_device_count(c, args) for c in configs
+                if args.target == "cpu" or c.platform != "tpu" or not topology.has_libtpu()]
         if need:
             topology.cpu_devices(max(need))
     from sharding import report

@@ -110,14 +110,15 @@ def activation_estimate(cfg: Qwen3Config, local_batch: int, seq_len: int, chunk:
 
 
 def build(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, moments_dtype: str = "float32",
-          expert_parallel: str = "none", learning_rate: float = 1e-6, seed: int = 0) -> StepSpec:
+          expert_parallel: str = "none", ep_local: str | None = None, learning_rate: float = 1e-6,
+          seed: int = 0) -> StepSpec:
     """StepSpec of forward + backward + AdamW for `cfg` on `mesh` (nothing is allocated)."""
     init_fn = lambda: nnx.split(Qwen3ForCausalLM(cfg, rngs=nnx.Rngs(seed)))[1]  # noqa: E731
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: Qwen3ForCausalLM(cfg, rngs=nnx.Rngs(seed))))
     params = sharded.abstract_state(init_fn, mesh, rules)
     tx = adamw(learning_rate, moments_dtype=moments_dtype)
     opt = sharded.abstract_optimizer_state(tx, params, mesh)
-    hooks = model_hooks(mesh, rules, expert_parallel)
+    hooks = model_hooks(mesh, rules, expert_parallel, local_impl=ep_local)
     state = {"params": params, "opt": opt}
     data = abstract_batch(mesh, rules, batch, seq_len)
     local_batch = data["input_ids"].sharding.shard_shape((batch, seq_len))[0]
@@ -136,11 +137,12 @@ def build(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, moments_dt
                           "batch": batch, "seq_len": seq_len, "moments_dtype": moments_dtype,
                           "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
                           "remat": cfg.remat, "moe_backend": cfg.moe_backend,
-                          "expert_parallel": expert_parallel})
+                          "expert_parallel": expert_parallel + (f" ({ep_local} local)" if ep_local else "")})
 
 
 def build_grpo(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, moments_dtype: str = "float32",
-               expert_parallel: str = "none", micro_batches: int = 1, seed: int = 0) -> StepSpec:
+               expert_parallel: str = "none", ep_local: str | None = None, micro_batches: int = 1,
+               seed: int = 0) -> StepSpec:
     """StepSpec of the GRPO train step (ace_jax.train.step.make_train_step) with its optimizer
     (ace_jax.train.optimizer.make_optimizer) and TrainState, sharded by the rules."""
     from jax.sharding import NamedSharding, PartitionSpec
@@ -164,7 +166,7 @@ def build_grpo(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, momen
     sds = lambda dt, sh, shape=(batch, seq_len): jax.ShapeDtypeStruct(shape, dt, sharding=sh)  # noqa: E731
     data = TrainBatch(sds(jnp.int32, tokens), sds(jnp.int32, tokens), sds(jnp.int32, tokens),
                       sds(jnp.float32, rows, (batch,)), sds(jnp.float32, tokens))
-    hooks = model_hooks(mesh, rules, expert_parallel)
+    hooks = model_hooks(mesh, rules, expert_parallel, local_impl=ep_local)
     inner = make_train_step(graphdef, tx, LossConfig(), micro_batches=micro_batches, donate=False)
 
     def step(s, b):
@@ -183,4 +185,4 @@ def build_grpo(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, momen
                           "batch": batch, "seq_len": seq_len, "moments_dtype": moments_dtype,
                           "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
                           "remat": cfg.remat, "moe_backend": cfg.moe_backend,
-                          "expert_parallel": expert_parallel})
+                          "expert_parallel": expert_parallel + (f" ({ep_local} local)" if ep_local else "")})

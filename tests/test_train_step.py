@@ -121,3 +121,15 @@ def test_save_restore_then_step_is_bit_identical(step, tmp_path):
     for x, y in zip(jax.tree.leaves(direct), jax.tree.leaves(again)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     assert float(m1["loss"]) == float(m2["loss"])
+
+
+def test_bf16_moments_store_both_adam_moments_in_bf16():
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    opt = make_optimizer(OptimizerConfig(moments_dtype="bfloat16", warmup_steps=0))
+    state = opt.init(params)
+    adam = state[1]
+    assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.bfloat16)}
+    updates, state = opt.update({"w": jnp.full((4, 3), 0.5), "b": jnp.ones(3)}, state, params)
+    assert {x.dtype for x in jax.tree.leaves(state[1].nu)} == {jnp.dtype(jnp.bfloat16)}
+    assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))

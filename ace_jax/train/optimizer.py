@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -44,10 +45,27 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
         end_value=cfg.learning_rate * cfg.min_lr_ratio)
 
 
+def scale_by_adam_moments(dtype: str, **kwargs: Any) -> optax.GradientTransformation:
+    """Adam scaling with both moments stored in `dtype` (optax's `mu_dtype` covers only the first)."""
+    inner = optax.scale_by_adam(mu_dtype=jnp.dtype(dtype), **kwargs)
+    if jnp.dtype(dtype) == jnp.float32:
+        return inner
+
+    def cast(state):
+        return state._replace(nu=jax.tree.map(lambda x: x.astype(dtype), state.nu))
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, state, params)
+        return updates, cast(state)
+
+    return optax.GradientTransformation(lambda params: cast(inner.init(params)), update)
+
+
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    mu_dtype = jnp.bfloat16 if cfg.moments_dtype == "bfloat16" else None
+    """clip by global norm -> Adam (moments in `moments_dtype`) -> decoupled weight decay -> -lr."""
     return optax.chain(
         optax.clip_by_global_norm(cfg.max_grad_norm),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
-                    weight_decay=cfg.weight_decay, mu_dtype=mu_dtype),
+        scale_by_adam_moments(cfg.moments_dtype, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        optax.add_decayed_weights(cfg.weight_decay),
+        optax.scale_by_learning_rate(learning_rate_schedule(cfg)),
     )

@@ -19,28 +19,13 @@ from flax import nnx
 from ace_jax.grpo.logprobs import chunked_logprobs
 from ace_jax.models import Qwen3Config, Qwen3ForCausalLM
 from ace_jax.models.constraints import use as use_hooks
+from ace_jax.train.optimizer import scale_by_adam_moments
 from sharding import init as sharded
 from sharding.context import model_hooks
 from sharding.planner import StepSpec, shard_bytes
 from sharding.rules import batch_sharding
 
 MOMENT_DTYPES = ("float32", "bfloat16")
-
-
-def scale_by_adam_moments(dtype: str, **kwargs: Any) -> optax.GradientTransformation:
-    """Adam scaling with both moments stored in `dtype` (optax's `mu_dtype` covers only the first)."""
-    inner = optax.scale_by_adam(mu_dtype=jnp.dtype(dtype), **kwargs)
-    if jnp.dtype(dtype) == jnp.float32:
-        return inner
-
-    def cast(state):
-        return state._replace(nu=jax.tree.map(lambda x: x.astype(dtype), state.nu))
-
-    def update(updates, state, params=None):
-        updates, state = inner.update(updates, state, params)
-        return updates, cast(state)
-
-    return optax.GradientTransformation(lambda params: cast(inner.init(params)), update)
 
 
 def adamw(learning_rate: float = 1e-6, weight_decay: float = 0.0, moments_dtype: str = "float32",

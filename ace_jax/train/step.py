@@ -26,8 +26,13 @@ def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.
     """logprob[b, t] of token t given tokens < t ([B, T], column 0 is 0), optionally entropy."""
     model = nnx.merge(graphdef, params)
     out = model.forward(input_ids, attention_mask, compute_logits=False)
-    result = chunked_logprobs(out.hidden[:, :-1], model.lm_head_weight(), input_ids[:, 1:],
-                              temperature=temperature, chunk_size=chunk_size, return_entropy=return_entropy)
+    # Chunk along each sequence (vmap over rows) so the batch axis stays sharded on a mesh; the
+    # per-row chunk keeps the working set near `chunk_size` tokens for the whole micro-batch.
+    row_chunk = max(16, chunk_size // input_ids.shape[0])
+    one = lambda h, y: chunked_logprobs(h[None], model.lm_head_weight(), y[None], temperature=temperature,  # noqa: E731
+                                        chunk_size=row_chunk, return_entropy=return_entropy)
+    result = jax.vmap(one)(out.hidden[:, :-1], input_ids[:, 1:])
+    result = tuple(r[:, 0] for r in result) if return_entropy else result[:, 0]
     pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
     if return_entropy:
         return pad(result[0]), pad(result[1])

@@ -53,11 +53,16 @@ def find_blocks(text: str) -> tuple[list[tuple[str, int, int, int, int]], str]:
     return blocks, ""
 
 
+def _answer_body(text: str, truncated: bool) -> tuple[str | None, str]:
+    """The response outside any thinking, or None and why (cut off, unclosed thinking)."""
+    if truncated:
+        return None, "response cut off at the length limit"
+    return strip_thinking(text)
+
+
 def parse_code_response(text: str, truncated: bool = False) -> Action:
     """A plan and exactly one python block; see the module docstring."""
-    if truncated:
-        return Action(False, reason="response cut off at the length limit")
-    body, reason = strip_thinking(text)
+    body, reason = _answer_body(text, truncated)
     if body is None:
         return Action(False, reason=reason)
     blocks, reason = find_blocks(body)
@@ -83,9 +88,7 @@ def format_response(plan: str, code: str) -> str:
 
 def parse_spec_response(text: str, truncated: bool = False) -> Action:
     """A tiny model's spec (first non-empty line after any thinking); `code` holds the spec."""
-    if truncated:
-        return Action(False, reason="response cut off at the length limit")
-    body, reason = strip_thinking(text)
+    body, reason = _answer_body(text, truncated)
     if body is None:
         return Action(False, reason=reason)
     lines = [ln.strip() for ln in body.strip().splitlines() if ln.strip()]

@@ -97,3 +97,27 @@ def test_loop_on_a_mesh_of_8_devices(tmp_path):
     finally:
         trainer.close()
     assert summary["steps"] == 1 and summary["skipped_updates"] == 0
+
+
+@pytest.mark.slow
+def test_hf_start_on_a_mesh_loads_sharded(tmp_path):
+    from ace_jax.models import get_config
+    from helpers.hf_models import random_hf_model
+    from sharding.mesh import build_mesh, load_mesh_config
+    from sharding.rules import sharding_mismatches
+
+    from ace_jax.agent.codec import make_codec
+    from ace_jax.train.loop import select_tasks, vocabulary_tasks
+    # A HF model whose vocabulary is the spec codec's, as the trainer builds it.
+    codec = make_codec("spec", list(vocabulary_tasks(select_tasks("train")).values()))
+    random_hf_model(get_config("tiny-moe", vocab_size=codec.vocab_size), seed=2).save_pretrained(tmp_path / "hf")
+    cfg = load_config(DEMO_CONFIG, [
+        f"train.run_dir={tmp_path / 'run'}", "train.steps=0", "mesh=fsdp", f"model.hf={tmp_path / 'hf'}",
+        "model.preset=null", "env.sandbox=bwrap"])
+    trainer = Trainer(cfg, echo=lambda s: None)
+    try:
+        mesh_cfg = load_mesh_config("fsdp")
+        assert sharding_mismatches(trainer.state.params, build_mesh(mesh_cfg), mesh_cfg.rules) == []
+        assert trainer.state.params["embed"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    finally:
+        trainer.close()

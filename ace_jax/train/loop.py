@@ -62,10 +62,16 @@ def vocabulary_tasks(tasks: dict) -> dict:
 
 
 def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3ForCausalLM:
-    """The policy: a preset sized to the codec's vocabulary, or a HF checkpoint."""
+    """The policy: a preset sized to the codec's vocabulary, or a HF checkpoint. With a mesh,
+    parameters are created (or loaded, slice by slice) directly sharded by the mesh rules."""
+    mesh = rules = None
+    if cfg.mesh:
+        from sharding.mesh import mesh_for
+        mesh_cfg, mesh = mesh_for(cfg.mesh)
+        rules = mesh_cfg.rules
     if cfg.model.hf:
         from ace_jax.checkpoint import hf
-        return hf.load(cfg.model.hf, **dict(cfg.model.overrides))
+        return hf.load(cfg.model.hf, mesh=mesh, rules=rules, **dict(cfg.model.overrides))
     overrides = dict(cfg.model.overrides)
     preset = get_config(cfg.model.preset, **overrides)
     if preset.vocab_size < vocab_size or cfg.env.mode == "spec":
@@ -73,7 +79,12 @@ def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int
     overrides.setdefault("pad_token_id", pad_id)
     overrides.setdefault("eos_token_id", eos_id)
     model_cfg = get_config(cfg.model.preset, **overrides)
-    return Qwen3ForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.train.seed))
+    make = lambda: Qwen3ForCausalLM(model_cfg, rngs=nnx.Rngs(cfg.train.seed))  # noqa: E731
+    if mesh is None:
+        return make()
+    from sharding.init import sharded_init
+    graphdef = nnx.split(nnx.eval_shape(make))[0]
+    return nnx.merge(graphdef, sharded_init(lambda: nnx.split(make())[1], mesh, rules))
 
 
 class Trainer:

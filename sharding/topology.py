@@ -89,7 +89,6 @@ def has_libtpu() -> bool:
 
 def tpu_devices(name: str) -> list:
     """Compile-only devices of a TPU topology (one per chip); needs libtpu."""
-    import jax
 
     topo_name = tpu_topology_name(name)
     if not on_tpu_host():

@@ -1,9 +1,7 @@
 """`ace-jax import` then `ace-jax export`: HF weights -> run checkpoint -> HF, same logits in transformers."""
 
-import json
 
 import numpy as np
-import pytest
 import transformers
 
 from ace_jax.cli import main

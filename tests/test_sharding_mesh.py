@@ -1,7 +1,6 @@
 """Mesh configs, presets and logical-axis rules (no compilation)."""
 
 import logging
-import pathlib
 
 import jax
 import pytest

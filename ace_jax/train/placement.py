@@ -7,7 +7,7 @@ is split over the rules' batch axes, and the update is traced with the model's s
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Iterator
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,6 @@ Another step plugs in by providing a builder with the same signature (see ace_ja
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -68,3 +68,19 @@ def strict_from_dict(cls, data: Mapping[str, Any]):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed: {sorted(fields)}")
     return cls(**{k: coerce(k, v, fields[k].type) for k, v in data.items()})
+
+
+class ConfigMixin:
+    """`from_dict` (strict: unknown keys rejected, strings coerced), `to_dict` and `replace`
+    for the frozen config dataclasses."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """Build from a mapping (YAML / ``key=value`` overrides); numeric strings are coerced."""
+        return strict_from_dict(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)

@@ -7,17 +7,15 @@ and the allowed values.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
 
-from ace_jax.validation import check_integer as _integer, check_number as _number, strict_from_dict
+from ace_jax.validation import check_integer as _integer, check_number as _number, ConfigMixin
 
 from .potentials import POTENTIALS
 
 
 @dataclass(frozen=True)
-class CurriculumConfig:
+class CurriculumConfig(ConfigMixin):
     """Buffer and sampler settings (see acegrpo.md for the meaning of each)."""
 
     capacity: int = 4096  # fixed number of slots N
@@ -65,13 +63,3 @@ class CurriculumConfig:
         _integer("cooldown_max_level", self.cooldown_max_level, lo=0, hi=40)
         _number("std_eps", self.std_eps, lo=0.0)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CurriculumConfig":
-        """Build from a mapping (YAML / ``key=value`` overrides); numeric strings are coerced."""
-        return strict_from_dict(cls, d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "CurriculumConfig":
-        return dataclasses.replace(self, **changes)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
 
-from ace_jax.validation import check_choice as _choice, check_number as _number, strict_from_dict
+from ace_jax.validation import check_choice as _choice, check_number as _number, ConfigMixin
 
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(ConfigMixin):
     """Loss and advantage settings (defaults: acegrpo.md, "GRPO update").
 
     An unknown key (``from_dict``) or a bad value raises ValueError naming the key and the
@@ -59,13 +57,3 @@ class LossConfig:
         if self.agg == "seq-mean-token-sum-norm" and m is None:
             raise ValueError("max_new_tokens must be set when agg is 'seq-mean-token-sum-norm'")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LossConfig":
-        """Build from a mapping (YAML / ``key=value`` overrides); numeric strings are coerced."""
-        return strict_from_dict(cls, d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "LossConfig":
-        return dataclasses.replace(self, **changes)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ace_jax.validation import strict_from_dict
+from ace_jax.validation import ConfigMixin
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(ConfigMixin):
     learning_rate: float = 1e-6
     warmup_steps: int = 10
     total_steps: int = 400
@@ -32,10 +32,6 @@ class OptimizerConfig:
             raise ValueError("optimizer keys 'total_steps' must be > 0 and 'warmup_steps' >= 0")
         if self.moments_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"optimizer key 'moments_dtype' is {self.moments_dtype!r}; allowed: ['float32', 'bfloat16']")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "OptimizerConfig":
-        return strict_from_dict(cls, data)
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

@@ -248,7 +248,9 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
     if dtype not in _NP_DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; allowed: {sorted(_NP_DTYPES)}")
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    writer = jax.process_index() == 0  # every process gathers (a collective), process 0 writes
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
     files = plan_shards(model, max_shard_size, dtype)
     np_dtype = _NP_DTYPES[dtype]
     weight_map, total, written = {}, 0, []
@@ -257,13 +259,16 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
         tensors = {}
         for key, entry, idx in shard:
             value = _variable(model, entry)[...]
-            piece = np.asarray(jax.device_get(value[idx] if idx else value))
+            piece = _to_host(value[idx] if idx else value)
             tensors[key] = np.ascontiguousarray(names.to_hf(entry.layout, piece).astype(np_dtype))
             weight_map[key] = name
             total += tensors[key].nbytes
-        save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
+        if writer:
+            save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
         written.append(name)
         del tensors
+    if not writer:
+        return written
     with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     cfg = model.config
@@ -275,6 +280,14 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
     if source:
         copy_tokenizer_files(source, out_dir)
     return written
+
+
+def _to_host(value: jax.Array) -> np.ndarray:
+    """A whole array on this host, also when it spans several processes (all-gathered)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(jax.device_get(value))
 
 
 def generation_config(cfg: Qwen3Config) -> dict[str, Any]:

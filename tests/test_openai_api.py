@@ -60,6 +60,9 @@ def visible_text(tokenizer, ids: list[int], finish: dict) -> str:
 def test_models_lists_the_served_model(client):
     [model] = client.models.list().data
     assert model.id == MODEL and model.owned_by == "ace-jax"
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-nope")
 
 
 def test_greedy_chat_equals_generate_and_usage_is_the_tokenizers(client, url, tokenizer):
@@ -99,6 +102,15 @@ def test_streamed_chat_joins_to_the_whole_answer(client, url):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
     assert all(c.object == "chat.completion.chunk" for c in chunks)
+    scored = [c for c in client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0,
+                                                        stream=True, logprobs=True, top_logprobs=2)
+              if c.choices and c.choices[0].logprobs]
+    assert len(scored) == whole.usage.completion_tokens
+    for chunk in scored:
+        [entry] = chunk.choices[0].logprobs.content
+        assert len(entry.top_logprobs) == 2 and entry.top_logprobs[0].token == entry.token  # greedy
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-4)
+        assert entry.top_logprobs[0].logprob >= entry.top_logprobs[1].logprob
     raw = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
         "model": MODEL, "messages": MESSAGES, "max_tokens": 2, "stream": True})
     events = [line for line in raw.text.splitlines() if line]
@@ -166,6 +178,9 @@ def test_error_shapes(client, url):
              ({"model": MODEL, "messages": MESSAGES, "top_logprobs": 2}, "top_logprobs", None),
              ({"model": MODEL, "messages": MESSAGES, "frequency_penalty": 0.5}, "frequency_penalty",
               "unsupported_parameter"),
+             ({"model": MODEL, "messages": MESSAGES, "tool_choice": "auto"}, "tool_choice", "unsupported_parameter"),
+             ({"model": MODEL, "messages": MESSAGES, "stop": ["a", ""]}, "stop", "invalid_value"),
+             ({"model": MODEL, "messages": [{"content": "hi"}]}, "messages[0]", "invalid_type"),
              ({"model": MODEL, "messages": MESSAGES, "bogus": 1}, "bogus", "unknown_parameter")]
     for body, param, code in cases:
         r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)

@@ -92,14 +92,13 @@ def _check_types(body: dict[str, Any], schema: dict[str, str | None], route: str
             raise OpenAIError(f"Unrecognized request argument supplied: {key} (not supported by {route})",
                               param=key, code="unknown_parameter")
         expected = schema[key]
-        if value is None or expected is None:
+        if value is None:
             continue
         got = _json_type(value)
-        ok = got == expected or (expected == _NUMBER and got == _INT)
-        if not ok:
+        if expected is not None and not (got == expected or (expected == _NUMBER and got == _INT)):
             raise OpenAIError(f"Invalid type for '{key}': expected {'a' if expected != _INT else 'an'} {expected}, "
                               f"but got {'a' if got != _INT else 'an'} {got} instead.", param=key, code="invalid_type")
-        if key in _NEUTRAL and value not in (_NEUTRAL[key], None) and not (key == "logit_bias" and not value):
+        if key in _NEUTRAL and value != _NEUTRAL[key]:
             raise OpenAIError(f"'{key}'={value!r} is not supported by ace-jax serve", param=key,
                               code="unsupported_parameter")
 
@@ -372,7 +371,7 @@ def stream_chunks(parsed: ParsedOpenAI, choices: list[Choice], tokenizer, *, fin
     return chunks
 
 
-def models(model_name: str, *, root: str | None, max_model_len: int, created: int) -> dict[str, Any]:
-    """`/v1/models`: the one served model."""
-    return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                        "owned_by": "ace-jax", "root": root, "max_model_len": max_model_len}]}
+def model_card(model_name: str, *, root: str | None, max_model_len: int, created: int) -> dict[str, Any]:
+    """The served model as `/v1/models` lists it and `/v1/models/{id}` answers."""
+    return {"id": model_name, "object": "model", "created": created, "owned_by": "ace-jax", "root": root,
+            "max_model_len": max_model_len}

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -104,9 +105,16 @@ class ServerState:
         make = openai_api.stream_chunks if parsed.stream else openai_api.response
         return parsed, make(parsed, choices, self.tokenizer, fingerprint=fingerprint, tops=tops)
 
-    def openai_models(self) -> dict[str, Any]:
-        return openai_api.models(self.model_name, root=self.engine.model_path, created=self.started,
-                                 max_model_len=self.engine.config.max_position_embeddings)
+    def openai_model(self, name: str | None = None) -> dict[str, Any]:
+        """`/v1/models` (no name) or `/v1/models/{name}`."""
+        card = openai_api.model_card(self.model_name, root=self.engine.model_path, created=self.started,
+                                     max_model_len=self.engine.config.max_position_embeddings)
+        if name is None:
+            return {"object": "list", "data": [card]}
+        if name != self.model_name:
+            raise openai_api.OpenAIError(f"The model `{name}` does not exist; this server serves "
+                                         f"`{self.model_name}`.", status=404, param="model", code="model_not_found")
+        return card
 
     def update_weights(self, body: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("model_path"), str):
@@ -187,7 +195,9 @@ class Handler(BaseHTTPRequestHandler):
         kinds = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
         try:
             if path == "/v1/models" and method == "GET":
-                self._send(200, self.state.openai_models())
+                self._send(200, self.state.openai_model())
+            elif path.startswith("/v1/models/") and method == "GET":
+                self._send(200, self.state.openai_model(urllib.parse.unquote(path[len("/v1/models/"):])))
             elif path in kinds and method == "POST":
                 try:
                     body = self._body()

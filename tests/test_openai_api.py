@@ -7,6 +7,7 @@ prompts, usage and decoded text are those a real Qwen3 checkpoint would give.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -18,7 +19,7 @@ from tests.helpers.serving import serve_process, tiny_qwen3_checkpoint
 
 MODEL = "tiny-qwen3"
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a prime number."}]
-BUCKETS = ("--batch-buckets", "4", "--prompt-buckets", "64", "--generate-buckets", "16", "--batch-wait-ms", "20")
+BUCKETS = ("--batch-buckets", "4", "--prompt-buckets", "64", "--generate-buckets", "16", "--batch-wait-ms", "100")
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,21 @@ def test_stop_strings_cut_the_text_and_the_bill(client):
                                     stop=[stop])
     assert cut.choices[0].text == text[:text.index(stop)] and cut.choices[0].finish_reason == "stop"
     assert cut.usage.completion_tokens < whole.usage.completion_tokens
+
+
+def test_openai_and_generate_requests_share_the_batcher(client, url, tokenizer):
+    ids = template_ids(tokenizer)
+    calls = [lambda: client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8,
+                                                    temperature=0).choices[0].message.content,
+             lambda: client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0).choices[0].text,
+             lambda: generate(url, ids)["output_ids"]]
+    alone = [call() for call in calls]
+    before = httpx.get(f"{url}/get_server_info").json()["internal_states"][0]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        together = list(pool.map(lambda call: call(), calls))
+    after = httpx.get(f"{url}/get_server_info").json()["internal_states"][0]
+    assert together == alone and alone[0] == alone[1]
+    assert after["calls"] - before["calls"] == 3 and after["batches"] - before["batches"] < 3
 
 
 def test_error_shapes(client, url):

@@ -5,7 +5,7 @@ GET /health, /health_generate, /get_model_info, /get_server_info, /get_weight_ve
 POST /generate, /update_weights_from_disk, /release_memory_occupation,
 /resume_memory_occupation; GET or POST /flush_cache. Errors are
 `{"error": {"message": ...}}` with status 400 (bad request) or 500. OpenAI's routes
-(GET /v1/models, POST /v1/chat/completions, /v1/completions; see openai_api.py) answer errors
+(GET /v1/models, POST /v1/chat/completions, /v1/completions; openai_api.py, openai_answer.py) answer errors
 in OpenAI's shape and go through the same batcher. A stdlib threaded HTTP server takes the
 connections; one batcher thread runs the engine.
 """
@@ -20,7 +20,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ace_jax.inference import api, openai_api
+from ace_jax.inference import api, openai_answer, openai_api
 from ace_jax.inference.batcher import Batcher
 from ace_jax.inference.engine import JaxEngine
 from ace_jax.inference.top_logprobs import top_logprobs
@@ -94,7 +94,7 @@ class ServerState:
         parsed = openai_api.parse(body, kind, model_name=self.model_name, tokenizer=self.tokenizer,
                                   defaults=self.defaults, max_new_tokens=self.engine.buckets.generate[-1],
                                   context=cfg.max_position_embeddings)
-        choices = openai_api.make_choices(parsed, self.batcher.submit(parsed.requests), self.tokenizer)
+        choices = openai_answer.make_choices(parsed, self.batcher.submit(parsed.requests), self.tokenizer)
         tops = None
         if parsed.top_logprobs:
             prompts = [r.input_ids for r in parsed.requests for _ in range(r.n)]
@@ -102,13 +102,13 @@ class ServerState:
                 tops = [top_logprobs(self.engine, p, ch.token_ids, parsed.temperature, parsed.top_logprobs)
                         for p, ch in zip(prompts, choices)]
         fingerprint = f"ace-jax-{self.engine.weight_version}"
-        make = openai_api.stream_chunks if parsed.stream else openai_api.response
+        make = openai_answer.stream_chunks if parsed.stream else openai_answer.response
         return parsed, make(parsed, choices, self.tokenizer, fingerprint=fingerprint, tops=tops)
 
     def openai_model(self, name: str | None = None) -> dict[str, Any]:
         """`/v1/models` (no name) or `/v1/models/{name}`."""
-        card = openai_api.model_card(self.model_name, root=self.engine.model_path, created=self.started,
-                                     max_model_len=self.engine.config.max_position_embeddings)
+        card = openai_answer.model_card(self.model_name, root=self.engine.model_path, created=self.started,
+                                        max_model_len=self.engine.config.max_position_embeddings)
         if name is None:
             return {"object": "list", "data": [card]}
         if name != self.model_name:

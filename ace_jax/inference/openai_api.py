@@ -90,6 +90,13 @@ def _check_types(body: dict[str, Any], schema: dict[str, str | None], route: str
                               code="unsupported_parameter")
 
 
+def check_model(name: str, served: str) -> None:
+    """OpenAI's 404 `model_not_found` unless `name` is the served model's id."""
+    if name != served:
+        raise OpenAIError(f"The model `{name}` does not exist; this server serves `{served}`.",
+                          status=404, param="model", code="model_not_found")
+
+
 def _in_range(body: dict[str, Any], key: str, low: float, high: float) -> None:
     value = body.get(key)
     if value is not None and not low <= value <= high:
@@ -172,9 +179,7 @@ def parse(body: Any, kind: str, *, model_name: str, tokenizer, defaults: dict[st
         raise OpenAIError(f"{route} answers text and needs a tokenizer; the model directory has none "
                           "(use /generate with input_ids)")
     model = _required(body, "model")
-    if model != model_name:
-        raise OpenAIError(f"The model `{model}` does not exist; this server serves `{model_name}`.",
-                          status=404, param="model", code="model_not_found")
+    check_model(model, model_name)
     for key, low, high in (("temperature", 0, 2), ("top_p", 0, 1), ("n", 1, 128), ("top_logprobs", 0,
                            MAX_TOP_LOGPROBS), ("max_tokens", 1, 2**31), ("max_completion_tokens", 1, 2**31)):
         _in_range(body, key, low, high)

@@ -111,9 +111,7 @@ class ServerState:
                                         max_model_len=self.engine.config.max_position_embeddings)
         if name is None:
             return {"object": "list", "data": [card]}
-        if name != self.model_name:
-            raise openai_api.OpenAIError(f"The model `{name}` does not exist; this server serves "
-                                         f"`{self.model_name}`.", status=404, param="model", code="model_not_found")
+        openai_api.check_model(name, self.model_name)
         return card
 
     def update_weights(self, body: Any) -> tuple[int, dict[str, Any]]:
@@ -204,7 +202,10 @@ class Handler(BaseHTTPRequestHandler):
                 except api.RequestError as exc:
                     raise openai_api.OpenAIError(str(exc)) from exc
                 parsed, answer = self.state.openai(body, kinds[path])
-                self._send_events(answer) if parsed.stream else self._send(200, answer)
+                if parsed.stream:
+                    self._send_events(answer)
+                else:
+                    self._send(200, answer)
             else:
                 self._send(404, openai_api.error_body(f"no route {method} {path}", "invalid_request_error"))
         except openai_api.OpenAIError as exc:

@@ -9,7 +9,7 @@ import pytest
 from rollout.sandbox import bwrap as bwrap_module
 from rollout.sandbox.base import Limits, SandboxError, SandboxRefused, SandboxUnavailable, sandbox_env
 from rollout.sandbox.bwrap import BwrapSandbox
-from rollout.sandbox.docker_backend import connect, leftover_containers
+from rollout.sandbox.docker_backend import connect, kill_container, leftover_containers
 from rollout.sandbox.image import ensure_image, image_tag, rootfs_tar
 from rollout.sandbox.pool import WorkerPool
 from rollout.sandbox.select import make_sandbox
@@ -174,3 +174,34 @@ def test_docker_image_is_local_and_idempotent():
         assert leftover_containers(client) == []  # every run removed its container
     finally:
         client.close()
+
+
+def test_docker_kill_of_a_container_that_just_exited_is_not_an_error():
+    import docker.errors
+    from docker.types import Mount
+
+    client = connect()
+    container = client.containers.create(image=ensure_image(client), command=["/bin/true"], network_mode="none",
+                                         mounts=[Mount("/usr", "/usr", type="bind", read_only=True)])
+    try:
+        container.start()
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        with pytest.raises(docker.errors.APIError):  # the race: the timeout fired as it exited
+            container.kill()
+        kill_container(container)
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
+def test_bwrap_says_once_how_aggregate_limits_are_enforced(caplog, data_dir):
+    with caplog.at_level(logging.WARNING, logger="rollout.sandbox.bwrap"):
+        with BwrapSandbox() as sandbox:
+            for _ in range(2):
+                assert sandbox.run("print('ok')", data_dir, Limits(timeout_s=30)).ok
+    said = [r.getMessage() for r in caplog.records if "cgroup" in r.getMessage()]
+    if sandbox.cgroups.available:
+        assert said == [] and sandbox.aggregate == "cgroup"
+    else:
+        assert len(said) == 1 and sandbox.cgroups.reason in said[0]
+        assert sandbox.aggregate == ("uid-memory-poll" if is_root() else "none")

@@ -123,3 +123,43 @@ def test_executor_config_key_is_validated():
         load_config(overrides=["env.ray_actors=0"])
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("spark")
+
+
+def _trainer_config(run_dir, executor: str):
+    from ace_jax.commands.demo import DEMO_CONFIG
+    return load_config(DEMO_CONFIG, [
+        f"train.run_dir={run_dir}", "train.steps=1", "train.warmstart_steps=60", "train.checkpoint_every=1",
+        "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=24", "rollout.temperature=0.2",
+        "env.sandbox=bwrap", "env.timeout_s=30", "curriculum.capacity=64", "train.length_buckets=[64]",
+        f"env.executor={executor}", "env.workers=1", "env.ray_actors=2"])
+
+
+def _demo_run(run_dir, executor: str) -> tuple[list[dict], list]:
+    import json
+
+    import jax
+    import numpy as np
+
+    from ace_jax.train.loop import Trainer
+
+    trainer = Trainer(_trainer_config(run_dir, executor), echo=lambda s: None)
+    try:
+        trainer.run()
+        params = [np.asarray(p) for p in jax.tree.leaves(trainer.state.params)]
+    finally:
+        trainer.close()
+    records = [{k: v for k, v in json.loads(line).items() if not (k.endswith("_s") or "time" in k)}
+               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, params
+
+
+@pytest.mark.slow
+def test_demo_run_on_ray_equals_local_on_the_same_seed(tmp_path, ray_cluster):
+    import numpy as np
+
+    local_records, local_params = _demo_run(tmp_path / "local", "local")
+    ray_records, ray_params = _demo_run(tmp_path / "ray", "ray")
+    assert ray_records == local_records and len(ray_records) == 1
+    assert ray_records[0]["valid_rate"] > 0 and ray_records[0]["informative_groups"] > 0  # executions and an update
+    for a, b in zip(local_params, ray_params):
+        np.testing.assert_array_equal(a, b)

@@ -205,3 +205,21 @@ def test_bwrap_says_once_how_aggregate_limits_are_enforced(caplog, data_dir):
     else:
         assert len(said) == 1 and sandbox.cgroups.reason in said[0]
         assert sandbox.aggregate == ("uid-memory-poll" if is_root() else "none")
+
+
+def test_seccomp_policy_encodings():
+    import json
+    import struct
+
+    from rollout.sandbox import seccomp
+
+    for arch in seccomp.ARCHES:
+        program = seccomp.bpf_program(arch)
+        assert len(program) % 8 == 0 and len(program) // 8 < 256  # sock_filter entries; short jumps
+        code, _, jf, k = struct.unpack("=HBBI", program[8:16])
+        assert code == seccomp.JEQ and k == seccomp.AUDIT_ARCH[arch] and jf > 0  # a foreign ABI is killed
+        profile = json.loads(seccomp.docker_profile(arch))
+        denied = {n for rule in profile["syscalls"] if "args" not in rule for n in rule["names"]}
+        assert set(seccomp.DENIED) <= denied and profile["defaultAction"] == "SCMP_ACT_ALLOW"
+        refused = {a["value"] for rule in profile["syscalls"] for a in rule.get("args", []) if a["op"] == "SCMP_CMP_EQ"}
+        assert refused.isdisjoint(seccomp.ALLOWED_FAMILIES) and 40 not in seccomp.ALLOWED_FAMILIES

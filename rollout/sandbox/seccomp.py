@@ -26,21 +26,19 @@ DENIED = ("keyctl", "add_key", "request_key", "io_uring_setup", "io_uring_enter"
 SOCKET_CALLS = ("socket", "socketpair")
 ALLOWED_FAMILIES = (1, 2, 10)  # AF_UNIX, AF_INET, AF_INET6
 
-# Syscall numbers per architecture (from the kernel's syscall tables).
-SYSCALLS = {
-    "x86_64": {"keyctl": 250, "add_key": 248, "request_key": 249, "io_uring_setup": 425, "io_uring_enter": 426,
-               "io_uring_register": 427, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311,
-               "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "unshare": 272, "setns": 308,
-               "mount": 165, "umount2": 166, "pivot_root": 155, "kexec_load": 246, "kexec_file_load": 320,
-               "init_module": 175, "finit_module": 313, "delete_module": 176, "open_by_handle_at": 304,
-               "name_to_handle_at": 303, "socket": 41, "socketpair": 53, "clone3": 435},
-    "aarch64": {"keyctl": 219, "add_key": 217, "request_key": 218, "io_uring_setup": 425, "io_uring_enter": 426,
-                "io_uring_register": 427, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
-                "bpf": 280, "perf_event_open": 241, "userfaultfd": 282, "unshare": 97, "setns": 268,
-                "mount": 40, "umount2": 39, "pivot_root": 41, "kexec_load": 104, "kexec_file_load": 294,
-                "init_module": 105, "finit_module": 273, "delete_module": 106, "open_by_handle_at": 265,
-                "name_to_handle_at": 264, "socket": 198, "socketpair": 199, "clone3": 435},
+# Syscall numbers (from the kernel's syscall tables): name -> (x86_64, aarch64).
+NUMBERS = {
+    "keyctl": (250, 219), "add_key": (248, 217), "request_key": (249, 218), "io_uring_setup": (425, 425),
+    "io_uring_enter": (426, 426), "io_uring_register": (427, 427), "ptrace": (101, 117),
+    "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "bpf": (321, 280),
+    "perf_event_open": (298, 241), "userfaultfd": (323, 282), "unshare": (272, 97), "setns": (308, 268),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "kexec_load": (246, 104),
+    "kexec_file_load": (320, 294), "init_module": (175, 105), "finit_module": (313, 273),
+    "delete_module": (176, 106), "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+    "socket": (41, 198), "socketpair": (53, 199), "clone3": (435, 435),
 }
+ARCHES = ("x86_64", "aarch64")
+SYSCALLS = {arch: {name: nrs[i] for name, nrs in NUMBERS.items()} for i, arch in enumerate(ARCHES)}
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 DOCKER_ARCHES = {"x86_64": ["SCMP_ARCH_X86_64"], "aarch64": ["SCMP_ARCH_AARCH64"]}
 X32_BIT = 0x40000000

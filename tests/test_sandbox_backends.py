@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,18 @@ def test_seccomp_policy_encodings():
         assert set(seccomp.DENIED) <= denied and profile["defaultAction"] == "SCMP_ACT_ALLOW"
         refused = {a["value"] for rule in profile["syscalls"] for a in rule.get("args", []) if a["op"] == "SCMP_CMP_EQ"}
         assert refused.isdisjoint(seccomp.ALLOWED_FAMILIES) and 40 not in seccomp.ALLOWED_FAMILIES
+
+
+def test_slot_cgroup_files(tmp_path):
+    """What a slot group is given (on a plain directory: this host's cgroup v2 may lack the controllers)."""
+    from rollout.sandbox.cgroups import SlotCgroups
+
+    groups = SlotCgroups(tmp_path)
+    assert groups.available and (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    procs = groups.prepare(3, Limits(memory_mb=512, cpus=1.5, max_procs=40))
+    group = Path(procs).parent
+    assert group == groups.parent / "slot-3" and groups.parent.name == f"ace-jax-sandbox-{os.getpid()}"
+    assert (group / "memory.max").read_text() == str(512 << 20)
+    assert (group / "cpu.max").read_text() == "150000 100000" and (group / "pids.max").read_text() == "40"
+    (group / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
+    assert groups.oom_kills(3) == 2 and groups.oom_kills(4) == 0

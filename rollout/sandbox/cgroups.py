@@ -53,9 +53,12 @@ def _write(path: Path, text: str) -> None:
 class SlotCgroups:
     """Per-slot cgroup v2 groups when the host allows them; `available` / `reason` say."""
 
-    def __init__(self):
+    def __init__(self, base: Path | None = None):
+        """Groups under `base` (default: this process's own cgroup v2 group, when usable)."""
         self.parent: Path | None = None
-        base, self.reason = own_cgroup()
+        self.reason: str | None = None
+        if base is None:
+            base, self.reason = own_cgroup()
         if base is None:
             return
         enable = " ".join(f"+{c}" for c in CONTROLLERS)

@@ -82,6 +82,24 @@ def _run_script(sandbox, slot, item):
     return execute(task, code, sandbox, slot=slot, limits=LIMITS)
 
 
+def test_two_trainer_processes_share_one_cluster(tasks, ray_cluster):
+    """Multi-host training: each process submits its own share to the same cluster; the shares'
+    actors share a host (distinct slot uids and directories, one data copy) without interfering."""
+    task = tasks["iris"]
+    shares = [[(task, SLOW.replace("time.sleep(4)", f"print({i})"))] * 2 for i in range(2)]
+    with make_executor("ray", "bwrap", 1, ray_actors=1) as first, \
+            make_executor("ray", "bwrap", 1, ray_actors=1) as second:
+        out = {}
+        threads = [threading.Thread(target=lambda e=e, i=i: out.update({i: e.map(_run_script, shares[i])}))
+                   for i, e in enumerate((first, second))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    for i in range(2):
+        assert [r.valid for r in out[i]] == [True, True] and all(f"{i}" in r.feedback.stdout_tail for r in out[i])
+
+
 def test_a_killed_actor_is_retried_on_another_and_counted(tasks, ray_cluster):
     task = tasks["iris"]
     with make_executor("ray", "bwrap", 1, ray_actors=2) as executor:
@@ -129,7 +147,8 @@ def _trainer_config(run_dir, executor: str):
     from ace_jax.commands.demo import DEMO_CONFIG
     return load_config(DEMO_CONFIG, [
         f"train.run_dir={run_dir}", "train.steps=1", "train.warmstart_steps=60", "train.checkpoint_every=1",
-        "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=24", "rollout.temperature=0.2",
+        "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=24",
+        "rollout.temperature=0.2",
         "env.sandbox=bwrap", "env.timeout_s=30", "curriculum.capacity=64", "train.length_buckets=[64]",
         f"env.executor={executor}", "env.workers=1", "env.ray_actors=2"])
 

@@ -128,7 +128,8 @@ class Trainer:
         run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
-                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, sandbox {self.pool.sandbox_name}")
+                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
+                  f"sandbox {self.pool.sandbox_name}")
 
     # ------------------------------------------------------------------------- setup
     def _make_engine(self, model):

@@ -195,9 +195,10 @@ class RayExecutor(Executor):
             infos = ray.get([a.describe.remote() for a in self._actors], timeout=placement_timeout_s)
         except ray.exceptions.GetTimeoutError:
             self._kill_actors(ray, graceful=False)
+            total, free = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
             raise SandboxError(f"the Ray cluster could not place {actors} sandbox actor(s) of {actor_cpus:g} CPU "
-                               f"within {placement_timeout_s:g} s (cluster CPUs: {ray.cluster_resources().get('CPU', 0):g}, "
-                               f"free: {ray.available_resources().get('CPU', 0):g}); lower env.ray_actors") from None
+                               f"within {placement_timeout_s:g} s (cluster CPUs: {total:g}, free: {free:g}); "
+                               "lower env.ray_actors") from None
         except Exception:
             self._kill_actors(ray, graceful=False)
             raise

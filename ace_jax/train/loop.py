@@ -23,12 +23,14 @@ from flax import nnx
 
 from ace_jax.agent.codec import make_codec
 from ace_jax.agent.states import child_records, entry_state
-from ace_jax.config import ExperimentConfig
+from ace_jax.config import ConfigError, ExperimentConfig
 from ace_jax.curriculum import EvolvingBuffer, LearnabilitySampler, MetricsLog, plot_metrics
 from ace_jax.grpo import compute_advantages
 from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train.assemble import assemble_batch
 from ace_jax.train import run_dir as run_files
+from ace_jax.train.hosts import SharedExecutions, is_writer
+from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.rollouts import ExecutionCache, collect
@@ -91,13 +93,21 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, *, echo: Callable[[str], None] | None = None):
         self.cfg, self.echo = cfg, echo or (lambda line: print(line, flush=True))
         self.run_dir = cfg.train.run_dir
-        os.makedirs(self.run_dir, exist_ok=True)
+        self.writer = is_writer()  # only process 0 writes metrics, plots and run files
+        if not self.writer:
+            self.echo = lambda line: None
+        if self.writer:
+            os.makedirs(self.run_dir, exist_ok=True)
         self.tasks = select_tasks(cfg.env.tasks)
         self.task_ids = sorted(self.tasks)
         # The spec vocabulary covers every built-in task, so held-out evaluation can reuse it.
         self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks).values()), cfg.env.prompt_budget_tokens)
         model = build_model(cfg, self.codec.vocab_size, self.codec.pad_id, self.codec.stop_ids[0])
         self.model_config = model.config
+        try:
+            check_lengths(cfg, model.config.max_position_embeddings)
+        except LengthError as exc:
+            raise ConfigError(str(exc)) from exc
         opt_cfg = cfg.optimizer if cfg.optimizer.total_steps != OptimizerConfig().total_steps else \
             dataclasses.replace(cfg.optimizer, total_steps=max(cfg.train.steps, 1))
         self.optimizer = make_optimizer(opt_cfg)
@@ -114,8 +124,10 @@ class Trainer:
                                        learning_rate=learning_rate_schedule(opt_cfg),
                                        state_sharding=self.placement.state_sharding)
         self.engine = self._make_engine(model)
-        self.pool = make_executor(cfg.env.executor, cfg.env.sandbox, cfg.env.workers,
-                                  ray_address=cfg.env.ray_address, ray_actors=cfg.env.ray_actors)
+        executor = make_executor(cfg.env.executor, cfg.env.sandbox, cfg.env.workers,
+                                 ray_address=cfg.env.ray_address, ray_actors=cfg.env.ray_actors)
+        # Each process executes its share of a step's executions; every process sees all results.
+        self.pool = SharedExecutions(executor, executed=lambda r: r.execution is not None)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
         self.exec_cache = ExecutionCache() if cfg.env.cache_executions else None
         self.buffer = EvolvingBuffer(cfg.curriculum)
@@ -125,17 +137,20 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
-        run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
+        if self.writer:
+            run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
                   f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
-                  f"sandbox {self.pool.sandbox_name}")
+                  f"sandbox {executor.sandbox_name} ({executor.name})")
 
     # ------------------------------------------------------------------------- setup
     def _make_engine(self, model):
         if self.cfg.rollout.engine == "jax":
             from ace_jax.inference.engine import JaxEngine
-            return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed)
+            rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step * self.cfg.rollout.oversample
+            return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed,
+                             buckets=engine_buckets(self.cfg, rows))
         from ace_jax.checkpoint import hf
         from rollout.sglang import SGLangEngine
         # SGLang loads weights from disk: the initial policy is exported once; every update
@@ -193,6 +208,7 @@ class Trainer:
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
             "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
             "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
+        record["executions"], record["executions_here"] = self.pool.take_counts()
         if n_informative:
             with self.placement.tracing():
                 self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
@@ -211,7 +227,8 @@ class Trainer:
         self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
 
     def warm_start(self) -> None:
-        """Behaviour cloning before the first RL step (spec mode, `train.warmstart_steps`)."""
+        """Behaviour cloning before the first RL step (`train.warmstart_steps`): spec menus in spec
+        mode, the tasks' reference solutions in code mode."""
         from ace_jax.train.warmstart import warm_start
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
         sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
@@ -226,32 +243,42 @@ class Trainer:
 
     def run(self, steps: int | None = None) -> dict[str, Any]:
         total = self.cfg.train.steps if steps is None else steps
-        if self.step == 0 and self.cfg.train.warmstart_steps and self.cfg.env.mode == "spec":
+        if self.step == 0 and self.cfg.train.warmstart_steps:
             self.warm_start()
         metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         first, times = self.step, []
         while self.step < total:
             record = self.train_step()
             self.history.append({k: v for k, v in record.items() if k != "curriculum"})
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if self.writer:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             times.append(record["step_s"])
             rate = np.mean(times[-5:])
             eta = rate * (total - self.step)
+            self._echo_share(record)
             self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
                       f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
                       f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
                       f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
-                      f"buffer {record['buffer_size']} | {record['step_s']:.1f} s/step | ETA {eta:.0f} s")
+                      f"buffer {record['buffer_size']} | executions {record['executions']} | "
+                      f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
                 self.save()
         self.checkpointer.wait()
         summary = self.finish(first)
         return summary
 
+    def _echo_share(self, record: dict[str, Any]) -> None:
+        if jax.process_count() > 1:
+            print(f"process {jax.process_index()}/{jax.process_count()}: executed {record['executions_here']} of "
+                  f"{record['executions']} executions in step {self.step}", flush=True)
+
     def finish(self, first_step: int) -> dict[str, Any]:
         from ace_jax.train.plots import plot_training
         plots = []
+        if not self.writer:
+            return {"run_dir": self.run_dir, "steps": self.step, "process": jax.process_index()}
         if self.history:
             plots.append(plot_training(self.history, os.path.join(self.run_dir, "training.png")))
         if self.curriculum_log.records:

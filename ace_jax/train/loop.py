@@ -40,8 +40,7 @@ from ace_jax.train.step import make_train_step
 from rollout.env.prepare import ensure_tasks
 from rollout.env.tasks import load_tasks
 from rollout.sandbox.base import Limits
-from rollout.sandbox.pool import WorkerPool
-from rollout.sandbox.select import make_sandbox
+from rollout.executors import make_executor
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +126,10 @@ class Trainer:
                                        completion_window=cfg.rollout.max_new_tokens)
         self.engine = self._make_engine(model)
         self.warmstart_step_fn = None
-        sandbox = make_sandbox(cfg.env.sandbox)
+        executor = make_executor(cfg.env.executor, cfg.env.sandbox, cfg.env.workers,
+                                 ray_address=cfg.env.ray_address, ray_actors=cfg.env.ray_actors)
         # Each process executes its share of a step's executions; every process sees all results.
-        self.pool = SharedExecutions(WorkerPool(sandbox, cfg.env.workers), executed=lambda r: r.execution is not None)
+        self.pool = SharedExecutions(executor, executed=lambda r: r.execution is not None)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
         self.exec_cache = ExecutionCache() if cfg.env.cache_executions else None
         self.buffer = EvolvingBuffer(cfg.curriculum)
@@ -143,7 +143,8 @@ class Trainer:
             run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
-                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, sandbox {sandbox.name}")
+                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
+                  f"sandbox {executor.sandbox_name} ({executor.name})")
 
     # ------------------------------------------------------------------------- setup
     def _make_engine(self, model):

@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sharding.collectives import collective_traffic
+from sharding.hlo_costs import kernel_flops
 
 GB = float(2**30)   # GiB, the unit XLA reports HBM in ("95.74G" for a v5p chip)
 
@@ -121,6 +122,16 @@ def memory_of(compiled, spec: StepSpec) -> dict[str, int | None]:
     return out
 
 
+def compiled_costs(compiled, hlo: str) -> dict[str, float]:
+    """Per-device FLOPs and HBM bytes of a compiled step (XLA's cost analysis, which includes the
+    kernels' declared costs), and the kernels' share of the FLOPs."""
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    flops, calls = kernel_flops(hlo)
+    return {"flops": float(cost.get("flops", 0.0)), "hbm_bytes": float(cost.get("bytes accessed", 0.0)),
+            "kernel_flops": flops, "kernel_calls": calls}
+
+
 def plan(spec: StepSpec, mesh, *, name: str, compiler: str, exact: bool,
          hbm_bytes: float | None = None, notes: list[str] | None = None) -> PlanResult:
     """Compile `spec` on `mesh` and report; a compile that runs out of memory is reported as not fitting."""
@@ -156,7 +167,9 @@ def plan(spec: StepSpec, mesh, *, name: str, compiler: str, exact: bool,
         return result
     result.compile_s = time.perf_counter() - start
     result.memory = memory_of(compiled, spec)
-    result.collectives = collective_traffic(compiled.as_text(), mesh)
+    hlo = compiled.as_text()
+    result.collectives = collective_traffic(hlo, mesh)
+    result.info["compiled"] = compiled_costs(compiled, hlo)
     if hbm_bytes:
         result.fits = result.memory["peak"] <= hbm_bytes
         if not result.fits:

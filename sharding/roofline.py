@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from sharding.charts import finish
+
 
 @dataclasses.dataclass(frozen=True)
 class Chip:
@@ -87,11 +89,5 @@ def chart(rows: Sequence[tuple[str, Roofline]], path: str) -> None:
     for i, (_, r) in enumerate(rows):
         ax.text(i, r.step_serial, f"MFU {100 * r.mfu_overlapped:.0f}-{100 * r.mfu_serial:.0f}%", ha="center",
                 va="bottom", fontsize=7)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"{name}\n{r.chip.name}" for name, r in rows], fontsize=8)
-    ax.set_ylabel("seconds per step")
-    ax.set_title("ace-jax plan: roofline per mesh")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, ax, [f"{name}\n{r.chip.name}" for name, r in rows], "seconds per step",
+           "ace-jax plan: roofline per mesh", path, fontsize=8)

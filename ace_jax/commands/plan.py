@@ -49,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     p.add_argument("--out", default="plan-out", help="directory for sweep outputs (md, csv, png)")
     p.add_argument("--json", help="write all results as JSON to this file")
+    p.add_argument("--hlo-dir", help="write each compiled step's HLO text to DIR/<config>.hlo")
 
 
 def build_module(name: str):
@@ -145,7 +146,8 @@ def plan_one(cfg, args, devices_for: Callable[[Any, int], tuple[list, str, bool,
         print(f"[plan] {name}: compiling {args.model} batch {batch} x {seq_len} on {n} devices ({compiler}) ...",
               file=sys.stderr, flush=True)
         result = planner.plan(spec, mesh, name=name, compiler=compiler, exact=exact,
-                              hbm_bytes=hbm_gb * planner.GB if hbm_gb else None, notes=extra)
+                              hbm_bytes=hbm_gb * planner.GB if hbm_gb else None, notes=extra,
+                              hlo_path=os.path.join(args.hlo_dir, f"{name}-b{batch}.hlo") if args.hlo_dir else None)
         result.info["chip"] = roofline.chip_key(name, cfg.platform, cfg.target.get("topology"))
         layer = spec.info.get("moe_layer")
         if layer and exact and hasattr(build_module(args.step), "moe_layer_flops"):

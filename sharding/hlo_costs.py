@@ -6,6 +6,10 @@ counts matmuls itself: every `dot` (2 x output elements x contracted size) and `
 TPU compiler's form of a dot: 2 x output elements x kernel elements per output feature), and
 every kernel custom call (`tpu_custom_call`) by the cost estimate its author declared
 (`"cost_estimate":{"flops":...}`), each times the executions of its computation per step.
+HBM bytes likewise: the operands and results of every op outside fused computations (a fusion
+reads its inputs and writes its outputs once), times its executions; a buffer that an op (or a
+fusion's inner op) only slices (`dynamic-slice`) or updates in place (`dynamic-update-slice`,
+as the layer scan does with its stacked weights and gradients) counts as the slice moved.
 """
 
 from __future__ import annotations
@@ -13,11 +17,27 @@ from __future__ import annotations
 import math
 import re
 
-from sharding.collectives import _ARRAY, _OP, execution_counts, parse_computations
+from sharding.collectives import _ARRAY, _OP, _arrays, execution_counts, parse_computations
 
 _DECLARED = re.compile(r'\\?"cost_estimate\\?":\{\\?"flops\\?":\\?"?(\d+)')
 _LABELS = re.compile(r"dim_labels=(\w+)_(\w+)->(\w+)")
 _CONTRACT = re.compile(r"lhs_contracting_dims=\{([\d,]*)\}")
+_NO_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while", "conditional", "call",
+               "after-all", "partition-id", "replica-id", "opt-barrier", "iota"}
+
+
+def _fused(comps: dict[str, list[str]]) -> set[str]:
+    """Computations that run inside a fusion (called by a `fusion` op, transitively)."""
+    stack = [c for lines in comps.values() for line in lines if " fusion(" in line
+             for c in re.findall(r"calls=%?([\w.\-]+)", line)]
+    seen: set[str] = set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack += [c for line in comps.get(name, ()) for c in re.findall(r"(?:calls|to_apply)=%?([\w.\-]+)", line)]
+    return seen
 
 
 def _dims(type_text: str) -> list[int] | None:
@@ -83,15 +103,67 @@ def _matmul_flops(opcode: str, out: list[int], rest: str, types: dict[str, str])
     return _conv_flops(out, lhs, rhs, rest) if lhs is not None and rhs is not None else 0.0
 
 
+def _slice_bytes(lines: list[str]) -> tuple[dict[int, float], float | None]:
+    """For a fused computation: {parameter index: bytes it really moves} for parameters only
+    sliced or updated in place, and the result bytes when the root is an in-place update."""
+    params: dict[str, int] = {}
+    types: dict[str, str] = {}
+    uses: dict[str, list[tuple[str, int, str]]] = {}
+    root_update = None
+    for line in lines:
+        op = _OP.match(line)
+        if not op:
+            continue
+        result, type_text, opcode, rest = op.groups()
+        types[result] = type_text
+        if opcode == "parameter":
+            params[result] = int(re.match(r"\s*(\d+)", rest).group(1))
+            continue
+        operands = _operands(rest)
+        for pos, name in enumerate(operands):
+            uses.setdefault(name, []).append((opcode, pos, result))
+        if opcode == "dynamic-update-slice" and line.lstrip().startswith("ROOT") and len(operands) > 1:
+            root_update = sum(_arrays(types.get(operands[1], "")))
+    moved: dict[int, float] = {}
+    for name, index in params.items():
+        use = uses.get(name, [])
+        if use and all(k == "dynamic-slice" and pos == 0 for k, pos, _ in use):
+            moved[index] = sum(sum(_arrays(types[r])) for _, _, r in use)
+        elif use and all(k == "dynamic-update-slice" and pos == 0 for k, pos, _ in use):
+            moved[index] = 0.0   # written in place: the update is counted as the result
+    return moved, root_update
+
+
+def _op_bytes(opcode: str, type_text: str, rest: str, types: dict[str, str], comps, cache) -> float:
+    operands = _operands(rest)
+    size = lambda name: sum(_arrays(types.get(name, "")))  # noqa: E731
+    result = sum(_arrays(type_text))
+    if opcode == "dynamic-slice":
+        return 2.0 * result
+    if opcode == "dynamic-update-slice":
+        return 2.0 * (size(operands[1]) if len(operands) > 1 else result)
+    moved, root_update = {}, None
+    if opcode == "fusion":
+        m = re.search(r"calls=%?([\w.\-]+)", rest)
+        if m and m.group(1) in comps:
+            if m.group(1) not in cache:
+                cache[m.group(1)] = _slice_bytes(comps[m.group(1)])
+            moved, root_update = cache[m.group(1)]
+    reads = sum(moved.get(i, size(name)) for i, name in enumerate(operands))
+    return reads + (root_update if root_update is not None else result)
+
+
 def hlo_flops(hlo: str) -> dict[str, float]:
     """{"matmul": XLA dots and convolutions, "kernels": declared kernel FLOPs, "kernel_calls",
-    "total"} per step."""
+    "total", "hbm_bytes"} per step."""
     comps, entry = parse_computations(hlo)
-    out = {"matmul": 0.0, "kernels": 0.0, "kernel_calls": 0.0}
+    out = {"matmul": 0.0, "kernels": 0.0, "kernel_calls": 0.0, "hbm_bytes": 0.0}
     if entry is None:
         out["total"] = 0.0
         return out
     counts, _ = execution_counts(comps, entry)
+    fused = _fused(comps)
+    cache: dict[str, tuple[dict[int, float], float | None]] = {}
     for name, n in counts.items():
         types: dict[str, str] = {}
         for line in comps.get(name, ()):
@@ -100,6 +172,8 @@ def hlo_flops(hlo: str) -> dict[str, float]:
                 continue
             result, type_text, opcode, rest = op.groups()
             types[result] = type_text
+            if name not in fused and opcode not in _NO_TRAFFIC and not opcode.endswith("-done"):
+                out["hbm_bytes"] += _op_bytes(opcode, type_text, rest, types, comps, cache) * n
             if opcode == "custom-call":
                 m = _DECLARED.search(line)
                 if m:

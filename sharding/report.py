@@ -117,7 +117,8 @@ def costs_lines(r: PlanResult) -> list[str]:
                      f"{flops.get('experts', 0):>12.3e}{_ratio(compiled['kernel_flops'], flops.get('experts')):>8}"
                      f"  ({compiled['kernel_calls']} calls; declared over the static row buffer, "
                      f"{info.get('ep', 1)}x the routed rows under expert parallelism)")
-    lines.append(f"{'HBM bytes (XLA cost analysis)':<40}{compiled['hbm_bytes']:>12.3e}")
+    lines.append(f"{'HBM bytes (from HLO)':<40}{compiled['hbm_bytes']:>12.3e}")
+    lines.append(f"{'HBM bytes (XLA cost analysis)':<40}{compiled.get('xla_hbm_bytes', 0):>12.3e}")
     minimum = info.get("traffic_minimum") or {}
     if minimum and r.collectives:
         kinds: dict[str, float] = {}

@@ -70,6 +70,29 @@ def test_hlo_flops_weights_kernels_and_matmuls_by_loop_trip_counts():
     # TPU compiler writes it): each of the 4 outputs meets one real input through the padding
     assert out["matmul"] == 48 * 2 * 8 * 4 * 4 + 2 * (8 * 32) * 16 * 4
     assert out["total"] == out["kernels"] + out["matmul"]
+    assert out["hbm_bytes"] > 48 * 3 * 8 * 4 * 2   # at least the loop body's dot and kernel, every trip
+
+
+SLICED = """HloModule s
+
+%fused_slice (param_0: f32[48,1024], param_1: s32[]) -> f32[1,1024] {
+  %param_0 = f32[48,1024]{1,0} parameter(0)
+  %param_1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %ds = f32[1,1024]{1,0} dynamic-slice(%param_0, %param_1, %z), dynamic_slice_sizes={1,1024}
+}
+
+ENTRY %main (w: f32[48,1024], i: s32[]) -> f32[1,1024] {
+  %w = f32[48,1024]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  ROOT %f = f32[1,1024]{1,0} fusion(%w, %i), kind=kLoop, calls=%fused_slice
+}
+"""
+
+
+def test_hbm_bytes_count_a_sliced_buffer_as_the_slice():
+    # the fusion reads one [1, 1024] row of the stacked [48, 1024] weights (+ the index) and writes it
+    assert hlo_flops(SLICED)["hbm_bytes"] == 1024 * 4 + 4 + 1024 * 4
 
 
 def test_roofline_bounds_step_time_and_mfu():

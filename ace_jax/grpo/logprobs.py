@@ -6,10 +6,11 @@ by the temperature and takes an fp32 log-softmax. A custom VJP recomputes a chun
 the backward pass instead of storing them: the ``[tokens, vocab]`` matrix is never materialized
 for the whole batch, only ``[chunk_size, vocab]`` at a time.
 
-The LM-head gradient is accumulated over the chunks in fp32 by that backward loop and returned
-once: under ``vmap`` over rows (as the train step calls it) it is a per-row partial sum, so on a
-mesh the head gradient is reduced across devices once per step rather than once per chunk. The
-head is gathered once (sharding constraint: replicated) rather than per chunk.
+On a mesh (sharding hooks active), the LM-head gradient is accumulated over the chunks in fp32
+by that backward loop and returned once: under ``vmap`` over rows (as the train step calls it)
+it is a per-row partial sum, so the head gradient is reduced across devices once per step rather
+than once per chunk, and the head is gathered once (sharding constraint: replicated). On one
+device the chunks are ``jax.checkpoint``-ed and differentiated as usual (no per-row partials).
 ``naive_logprobs`` is the plain reference.
 """
 
@@ -20,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from ace_jax.models.constraints import constrain
+from ace_jax.models.constraints import active, constrain
 
 Array = jax.Array
 
@@ -74,8 +75,13 @@ def chunked_logprobs(
     x = jnp.pad(hidden.reshape(n, h), ((0, pad), (0, 0))).reshape(n_chunks, chunk, h)
     y = jnp.pad(targets.reshape(n), (0, pad)).reshape(n_chunks, chunk)
 
-    w = constrain(lm_head_weight, (None, None))   # gathered once, not once per chunk
-    out = _chunk_map(x, w, y, temperature, return_entropy)
+    if getattr(active(), "mesh", None) is None:   # one device: plain autodiff, recompute per chunk
+        one_chunk = jax.checkpoint(lambda xy: _token_logprobs(xy[0], lm_head_weight, xy[1], temperature,
+                                                              return_entropy))
+        out = jax.lax.map(one_chunk, (x, y))
+    else:
+        w = constrain(lm_head_weight, (None, None))   # gathered once, not once per chunk
+        out = _chunk_map(x, w, y, temperature, return_entropy)
 
     def unchunk(a):
         return a.reshape(n_chunks * chunk)[:n].reshape(b, t)

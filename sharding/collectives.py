@@ -102,7 +102,7 @@ def _trip_count(op_line: str, comps: dict[str, list[str]], condition: str | None
     return None
 
 
-def _multipliers(comps: dict[str, list[str]], entry: str) -> tuple[dict[str, int], list[str]]:
+def execution_counts(comps: dict[str, list[str]], entry: str) -> tuple[dict[str, int], list[str]]:
     """Executions per step of each computation reachable from the entry through control flow."""
     mult: dict[str, int] = defaultdict(int)
     notes: list[str] = []
@@ -179,7 +179,7 @@ def find_collectives(hlo: str, mesh_axes: list[str], mesh_shape: list[int]) -> t
     comps, entry = parse_computations(hlo)
     if entry is None:
         return [], ["no ENTRY computation in the HLO text"]
-    mult, notes = _multipliers(comps, entry)
+    mult, notes = execution_counts(comps, entry)
     total = math.prod(mesh_shape)
     out = []
     for name, m in mult.items():

@@ -21,18 +21,20 @@ class ModelHooks:
     rules: Rules
     constrain: Callable
     expert_ffn: Callable | None = None
+    gmm_impl: str | None = None      # forces the `gmm` backend's kernels (ace_jax.models.moe_gmm.IMPLS)
 
 
 def model_hooks(mesh, rules, expert_parallel: str = "none", constrain: bool = True,
-                local_impl: str | None = None) -> ModelHooks:
+                local_impl: str | None = None, gmm_impl: str | None = None) -> ModelHooks:
     """Hooks for `mesh` and `rules`; `expert_parallel` in ('none', 'ring', 'all_to_all');
-    `local_impl` forces the per-device expert computation ('ragged' or 'dense')."""
+    `local_impl` forces the per-device expert computation ('ragged', 'gmm' or 'dense'), `gmm_impl`
+    the grouped-matmul kernels (default: those of the mesh's platform)."""
     if expert_parallel not in EXPERT_PARALLEL:
         raise ValueError(f"expert_parallel is {expert_parallel!r}; allowed: {list(EXPERT_PARALLEL)}")
     rules = as_rules(rules)
     fn = activation_constrainer(mesh, rules) if constrain else (lambda x, axes: x)
     ep = None if expert_parallel == "none" else expert_parallel_ffn(mesh, rules, expert_parallel, local_impl)
-    return ModelHooks(mesh, rules, fn, ep)
+    return ModelHooks(mesh, rules, fn, ep, gmm_impl)
 
 
 def hooks_for(cfg: MeshConfig, mesh) -> ModelHooks:

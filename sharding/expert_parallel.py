@@ -23,16 +23,18 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from ace_jax.models import moe
 from sharding.rules import as_rules, resolve
 
 SCHEMES = ("ring", "all_to_all")
-LOCAL_IMPLS = ("ragged", "dense")
+LOCAL_IMPLS = ("ragged", "gmm", "dense")
 
 
 def local_expert_ffn(x: jax.Array, weights: jax.Array, local_ids: jax.Array, gate: jax.Array,
                      up: jax.Array, down: jax.Array, impl: str = "ragged") -> jax.Array:
     """SwiGLU experts on the rows of x [M, H] routed (ids [M, k] in 0..E_local) to the E_local local
-    experts; id E_local marks a pair whose expert lives elsewhere (skipped, weight ignored)."""
+    experts; id E_local marks a pair whose expert lives elsewhere (skipped, weight ignored).
+    `impl`: `dense`, `ragged` (jax.lax.ragged_dot) or `gmm` (moe_gmm.grouped_matmul for the target)."""
     e_local = gate.shape[0]
     m, k = local_ids.shape
     if impl == "dense":
@@ -40,17 +42,10 @@ def local_expert_ffn(x: jax.Array, weights: jax.Array, local_ids: jax.Array, gat
         combine = combine[:, :e_local]
         h = jax.nn.silu(jnp.einsum("mh,ehi->mei", x, gate)) * jnp.einsum("mh,ehi->mei", x, up)
         return jnp.einsum("me,meh->mh", combine, jnp.einsum("mei,eih->meh", h, down))
-    if impl != "ragged":
+    if impl not in LOCAL_IMPLS:
         raise ValueError(f"unknown local expert impl {impl!r}; allowed: {list(LOCAL_IMPLS)}")
-    flat = local_ids.reshape(-1)
-    order = jnp.argsort(flat, stable=True)          # remote pairs (id E_local) sort last
-    token_of = order // k
-    sizes = jnp.bincount(flat, length=e_local).astype(jnp.int32)  # remote pairs not counted
-    xs = x[token_of]
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, gate, sizes)) * jax.lax.ragged_dot(xs, up, sizes)
-    out = jax.lax.ragged_dot(h, down, sizes)        # rows past sum(sizes) are zero
-    w = jnp.where(flat[order] < e_local, weights.reshape(-1)[order], 0)
-    return jnp.zeros_like(x).at[token_of].add(out * w[:, None].astype(out.dtype))
+    matmul = moe.ragged_dot if impl == "ragged" else moe.target_gmm()
+    return moe.grouped_ffn(x, weights, local_ids, gate, up, down, matmul)
 
 
 def _axes(spec_entry: Any) -> tuple[str, ...]:
@@ -105,8 +100,8 @@ def expert_parallel_ffn(mesh, rules, scheme: str = "ring",
     """`hook(backend, default) -> ffn`: expert FFN sharded over the mesh axes of the `experts` rule.
 
     Falls back to `default` when the experts are not sharded (rule empty, axes of size 1, or not
-    dividing the expert count). The local computation is `dense` for the `dense` backend and
-    `ragged` (grouped matmul) otherwise, unless `local_impl` says so.
+    dividing the expert count). The local computation is `dense` for the `dense` backend, `gmm`
+    for `gmm` and `ragged` (grouped matmul) otherwise, unless `local_impl` says so.
     """
     if scheme not in SCHEMES:
         raise ValueError(f"unknown expert-parallel scheme {scheme!r}; allowed: {list(SCHEMES)}")
@@ -115,7 +110,7 @@ def expert_parallel_ffn(mesh, rules, scheme: str = "ring",
 
     def hook(backend: str, default: Callable) -> Callable:
         impl = local_impl if isinstance(local_impl, str) else (
-            local_impl(backend) if local_impl else ("dense" if backend == "dense" else "ragged"))
+            local_impl(backend) if local_impl else (backend if backend in ("dense", "gmm") else "ragged"))
 
         def ffn(x, routing, gate, up, down):
             gate_spec, _ = resolve(("experts", None, None), gate.shape, mesh, rules)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import time
 from typing import Any, Callable
@@ -21,6 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sharding.collectives import collective_traffic
+from sharding.hlo_costs import hlo_flops
 
 GB = float(2**30)   # GiB, the unit XLA reports HBM in ("95.74G" for a v5p chip)
 
@@ -121,9 +123,21 @@ def memory_of(compiled, spec: StepSpec) -> dict[str, int | None]:
     return out
 
 
+def compiled_costs(compiled, hlo: str) -> dict[str, float]:
+    """Per-device FLOPs and HBM bytes of a compiled step counted from its HLO (loops weighted by
+    trip count), the kernels' share, and XLA's own cost analysis (`xla_*`, loops undercounted)."""
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    counted = hlo_flops(hlo)
+    return {"flops": counted["total"], "kernel_flops": counted["kernels"], "kernel_calls": int(counted["kernel_calls"]),
+            "hbm_bytes": counted["hbm_bytes"], "xla_flops": float(cost.get("flops", 0.0)),
+            "xla_hbm_bytes": float(cost.get("bytes accessed", 0.0))}
+
+
 def plan(spec: StepSpec, mesh, *, name: str, compiler: str, exact: bool,
-         hbm_bytes: float | None = None, notes: list[str] | None = None) -> PlanResult:
-    """Compile `spec` on `mesh` and report; a compile that runs out of memory is reported as not fitting."""
+         hbm_bytes: float | None = None, notes: list[str] | None = None, hlo_path: str | None = None) -> PlanResult:
+    """Compile `spec` on `mesh` and report; a compile that runs out of memory is reported as not fitting.
+    `hlo_path`: also write the compiled HLO text there."""
     sizes = {k: int(v) for k, v in mesh.shape.items()}
     result = PlanResult(name=name, compiler=compiler, exact=exact, devices=mesh.size, mesh=sizes,
                         hbm_bytes=hbm_bytes, fits=None, memory={}, analytic=dict(spec.analytic),
@@ -156,7 +170,13 @@ def plan(spec: StepSpec, mesh, *, name: str, compiler: str, exact: bool,
         return result
     result.compile_s = time.perf_counter() - start
     result.memory = memory_of(compiled, spec)
-    result.collectives = collective_traffic(compiled.as_text(), mesh)
+    hlo = compiled.as_text()
+    if hlo_path:
+        os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
+        with open(hlo_path, "w") as f:
+            f.write(hlo)
+    result.collectives = collective_traffic(hlo, mesh)
+    result.info["compiled"] = compiled_costs(compiled, hlo)
     if hbm_bytes:
         result.fits = result.memory["peak"] <= hbm_bytes
         if not result.fits:

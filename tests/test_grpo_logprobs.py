@@ -110,3 +110,39 @@ def test_compiled_grad_temp_memory_is_under_an_eighth_of_naive():
     assert naive >= full_logits  # the naive path does hold [tokens, vocab] fp32
     assert chunked < naive / 8
     assert chunked < 4 * chunk * v * 4  # a few chunks' logits, never the whole matrix
+
+
+def test_on_a_mesh_the_head_gradient_is_reduced_once_per_step_and_exact():
+    """With sharding hooks (rows over 8 devices, head sharded), the custom VJP gives the naive
+    gradients, and the compiled backward reduces the [H, V] head gradient once, not per chunk."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ace_jax.models.constraints import use
+    from sharding.collectives import find_collectives
+    from sharding.context import model_hooks
+    from sharding.mesh import build_mesh, load_mesh_config
+
+    rules = {"batch": "fsdp", "embed": "fsdp"}
+    mesh = build_mesh(load_mesh_config({"mesh": {"fsdp": 8}, "rules": rules}))
+    hidden, w, targets = _inputs(b=8, t=64, h=16, v=1000, seed=3)
+    coef = jnp.asarray(np.random.default_rng(4).standard_normal(targets.shape), jnp.float32)
+
+    def loss(fn, h, w):
+        return jnp.sum(coef * fn(h, w))
+
+    def chunked(h, w):   # per row, as the train step calls it
+        return jax.vmap(lambda hr, yr: chunked_logprobs(hr[None], w, yr[None], chunk_size=16)[0])(h, targets)
+
+    ref = jax.grad(lambda h, w: loss(lambda a, b: naive_logprobs(a, b, targets), h, w), argnums=(0, 1))(
+        jnp.asarray(hidden), jnp.asarray(w))
+    h_s = jax.device_put(jnp.asarray(hidden), NamedSharding(mesh, P("fsdp")))
+    w_s = jax.device_put(jnp.asarray(w), NamedSharding(mesh, P("fsdp")))
+    step = jax.jit(jax.grad(lambda h, w: loss(chunked, h, w), argnums=(0, 1)))
+    with jax.set_mesh(mesh), use(model_hooks(mesh, rules)):
+        grads = step(h_s, w_s)
+        hlo = step.lower(h_s, w_s).compile().as_text()
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4, atol=1e-5)
+    found, _ = find_collectives(hlo, ["fsdp"], [8])
+    head = [c for c in found if c.kind in ("all-reduce", "reduce-scatter") and c.payload >= 16 * 1000 * 4]
+    assert sum(c.count for c in head) == 1   # 4 chunks per row, one reduction

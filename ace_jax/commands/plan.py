@@ -42,20 +42,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compute-dtype", choices=("float32", "bfloat16"))
     p.add_argument("--moments-dtype", choices=("float32", "bfloat16"), help="AdamW moments dtype")
     p.add_argument("--remat", choices=("none", "full", "dots"))
-    p.add_argument("--moe-backend", choices=("auto", "dense", "ragged", "blocked"))
+    p.add_argument("--moe-backend", choices=("auto", "dense", "ragged", "blocked", "gmm"))
     p.add_argument("--target", choices=("auto", "tpu", "cpu"), default="auto",
                    help="auto: TPU compiler for TPU targets (libtpu), fake CPU devices otherwise")
     p.add_argument("--step", choices=sorted(STEP_BUILDERS), default="grpo", help="update step to compile")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     p.add_argument("--out", default="plan-out", help="directory for sweep outputs (md, csv, png)")
     p.add_argument("--json", help="write all results as JSON to this file")
+    p.add_argument("--hlo-dir", help="write each compiled step's HLO text to DIR/<config>.hlo")
+
+
+def build_module(name: str):
+    """The module of step `name`'s builder (it may also offer `moe_layer_flops`)."""
+    import importlib
+
+    return importlib.import_module(STEP_BUILDERS[name].split(":")[0])
 
 
 def _load_builder(name: str) -> Callable:
-    import importlib
-
-    module, func = STEP_BUILDERS[name].split(":")
-    return getattr(importlib.import_module(module), func)
+    return getattr(build_module(name), STEP_BUILDERS[name].split(":")[1])
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -108,7 +113,7 @@ def _batches(args, cfg, mesh, rules) -> list[int]:
 def plan_one(cfg, args, devices_for: Callable[[Any, int], tuple[list, str, bool, float | None, list[str]]]):
     """All plans (one per batch size) for one mesh config."""
     from ace_jax.models import get_config
-    from sharding import planner
+    from sharding import planner, roofline
     from sharding.mesh import build_mesh
     from sharding.rules import replication_notes
 
@@ -117,8 +122,10 @@ def plan_one(cfg, args, devices_for: Callable[[Any, int], tuple[list, str, bool,
     mesh = build_mesh(cfg, devices)
     t = {k: getattr(args, k, None) or cfg.train.get(k) or DEFAULTS.get(k) for k in DEFAULTS}
     seq_len = int(t["seq_len"])
-    if t["moe_backend"] == "auto":   # the model's rule (ragged on TPU, blocked elsewhere), for the target
-        t["moe_backend"] = "ragged" if exact and "TPU" in compiler else "blocked"
+    if t["moe_backend"] == "auto":   # the model's rule (gmm on TPU, blocked elsewhere), for the target
+        from ace_jax.models.moe import auto_backend
+
+        t["moe_backend"] = auto_backend("tpu" if exact and "TPU" in compiler else cfg.platform)
     hbm_gb = args.hbm_gb or cfg.target.get("hbm_gb") or chip_hbm
     model_cfg = get_config(args.model, param_dtype=t["param_dtype"], compute_dtype=t["compute_dtype"],
                            remat=t["remat"], moe_backend=t["moe_backend"], **_overrides(args.set))
@@ -139,7 +146,13 @@ def plan_one(cfg, args, devices_for: Callable[[Any, int], tuple[list, str, bool,
         print(f"[plan] {name}: compiling {args.model} batch {batch} x {seq_len} on {n} devices ({compiler}) ...",
               file=sys.stderr, flush=True)
         result = planner.plan(spec, mesh, name=name, compiler=compiler, exact=exact,
-                              hbm_bytes=hbm_gb * planner.GB if hbm_gb else None, notes=extra)
+                              hbm_bytes=hbm_gb * planner.GB if hbm_gb else None, notes=extra,
+                              hlo_path=os.path.join(args.hlo_dir, f"{name}-b{batch}.hlo") if args.hlo_dir else None)
+        result.info["chip"] = roofline.chip_key(name, cfg.platform, cfg.target.get("topology"))
+        layer = spec.info.get("moe_layer")
+        if layer and exact and hasattr(build_module(args.step), "moe_layer_flops"):
+            backends = sorted({"ragged", t["moe_backend"]} & {"ragged", "gmm"})
+            result.info["moe_layer_flops"] = build_module(args.step).moe_layer_flops(layer, backends, devices[0])
         results.append(result)
     return results
 

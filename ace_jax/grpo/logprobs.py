@@ -2,16 +2,26 @@
 
 ``chunked_logprobs`` flattens ``[B, T]`` tokens, pads their number to a multiple of the chunk
 size, and maps over chunks (``lax.map``); each chunk applies the LM head, divides the logits
-by the temperature and takes an fp32 log-softmax under ``jax.checkpoint``, so the backward
-pass recomputes a chunk's logits instead of storing them: the ``[tokens, vocab]`` matrix is
-never materialized for the whole batch, only ``[chunk_size, vocab]`` at a time.
+by the temperature and takes an fp32 log-softmax. A custom VJP recomputes a chunk's logits in
+the backward pass instead of storing them: the ``[tokens, vocab]`` matrix is never materialized
+for the whole batch, only ``[chunk_size, vocab]`` at a time.
+
+On a mesh (sharding hooks active), the LM-head gradient is accumulated over the chunks in fp32
+by that backward loop and returned once: under ``vmap`` over rows (as the train step calls it)
+it is a per-row partial sum, so the head gradient is reduced across devices once per step rather
+than once per chunk, and the head is gathered once (sharding constraint: replicated). On one
+device the chunks are ``jax.checkpoint``-ed and differentiated as usual (no per-row partials).
 ``naive_logprobs`` is the plain reference.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from ace_jax.models.constraints import active, constrain
 
 Array = jax.Array
 
@@ -65,16 +75,45 @@ def chunked_logprobs(
     x = jnp.pad(hidden.reshape(n, h), ((0, pad), (0, 0))).reshape(n_chunks, chunk, h)
     y = jnp.pad(targets.reshape(n), (0, pad)).reshape(n_chunks, chunk)
 
-    @jax.checkpoint
-    def one_chunk(xy):
-        return _token_logprobs(xy[0], lm_head_weight, xy[1], temperature, return_entropy)
-
-    out = jax.lax.map(one_chunk, (x, y))
+    if getattr(active(), "mesh", None) is None:   # one device: plain autodiff, recompute per chunk
+        one_chunk = jax.checkpoint(lambda xy: _token_logprobs(xy[0], lm_head_weight, xy[1], temperature,
+                                                              return_entropy))
+        out = jax.lax.map(one_chunk, (x, y))
+    else:
+        w = constrain(lm_head_weight, (None, None))   # gathered once, not once per chunk
+        out = _chunk_map(x, w, y, temperature, return_entropy)
 
     def unchunk(a):
         return a.reshape(n_chunks * chunk)[:n].reshape(b, t)
 
     return tuple(map(unchunk, out)) if return_entropy else unchunk(out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunk_map(x, w, y, temperature, return_entropy):
+    """Per-token outputs [n_chunks, chunk] of x [n_chunks, chunk, H] by the head w [H, V]."""
+    return jax.lax.map(lambda xy: _token_logprobs(xy[0], w, xy[1], temperature, return_entropy), (x, y))
+
+
+def _chunk_map_fwd(x, w, y, temperature, return_entropy):
+    return _chunk_map(x, w, y, temperature, return_entropy), (x, w, y)
+
+
+def _chunk_map_bwd(temperature, return_entropy, residuals, ct):
+    """Recompute each chunk's logits; d x per chunk, d w summed over chunks in fp32 (one output)."""
+    x, w, y = residuals
+
+    def body(dw, inputs):
+        xc, yc, ctc = inputs
+        _, vjp = jax.vjp(lambda a, b: _token_logprobs(a, b, yc, temperature, return_entropy), xc, w)
+        dx, dwc = vjp(ctc)
+        return dw + dwc.astype(jnp.float32), dx
+
+    dw, dx = jax.lax.scan(body, jnp.zeros(w.shape, jnp.float32), (x, y, ct))
+    return dx, dw.astype(w.dtype), None
+
+
+_chunk_map.defvjp(_chunk_map_fwd, _chunk_map_bwd)
 
 
 def naive_logprobs(

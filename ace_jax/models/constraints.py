@@ -35,6 +35,17 @@ def constrain(x, logical_axes: Sequence[str | None]):
     return x if fn is None else fn(x, logical_axes)
 
 
+def target_platform() -> str:
+    """Platform the traced code compiles for: the active hooks' mesh devices, else JAX's backend
+    (planning traces for TPU devices on a CPU host)."""
+    mesh = getattr(_ACTIVE.get(), "mesh", None)
+    if mesh is not None and getattr(mesh, "devices", None) is not None and mesh.devices.size:
+        return mesh.devices.flat[0].platform
+    import jax
+
+    return jax.default_backend()
+
+
 def expert_ffn(backend: str, default: Callable) -> Callable:
     """The expert computation to use for MoE `backend` (`default` without hooks)."""
     fn = getattr(_ACTIVE.get(), "expert_ffn", None)

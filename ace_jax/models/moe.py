@@ -6,6 +6,10 @@ Backends (all dropless, equal in values and gradients; `dense` is the reference)
 - `blocked`: sort by expert, pad each expert's group to a multiple of a block size, and run one
   batched matmul over blocks with each block's expert weights gathered (fast on CPU, where
   `ragged_dot` lowers to a dense loop over experts).
+- `gmm`: sort by expert and run `moe_gmm.grouped_matmul` (custom VJP of three grouped matmuls:
+  the Pallas megablox kernels on TPU targets, `ragged_dot` elsewhere).
+
+`auto` resolves for the compile target (the active sharding hooks' mesh, else JAX's backend).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ace_jax.models.constraints import expert_ffn
+from ace_jax.models.constraints import active, expert_ffn, target_platform
+from ace_jax.models.moe_gmm import default_impl, grouped_matmul
 
 
 class Routing(NamedTuple):
@@ -62,13 +67,40 @@ def _sort_by_expert(routing: Routing, num_experts: int):
     return order, token_of, group_sizes
 
 
-def _expert_ffn_ragged(x, routing, gate, up, down):
-    order, token_of, group_sizes = _sort_by_expert(routing, gate.shape[0])
+Matmul = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def grouped_ffn(x: jax.Array, weights: jax.Array, ids: jax.Array, gate: jax.Array, up: jax.Array,
+                down: jax.Array, matmul: Matmul) -> jax.Array:
+    """SwiGLU experts on x [N, H] for the (token, slot) pairs ids / weights [N, k], sorted by expert
+    and run with a grouped `matmul(lhs, rhs, group_sizes)`; id E (= gate.shape[0]) skips a pair.
+    `matmul` must return zero rows past sum(group_sizes)."""
+    num_experts = gate.shape[0]
+    order, token_of, sizes = _sort_by_expert(Routing(weights, ids, None), num_experts)  # id E sorts last
     xs = x[token_of]
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, gate, group_sizes)) * jax.lax.ragged_dot(xs, up, group_sizes)
-    out = jax.lax.ragged_dot(h, down, group_sizes)
-    out = out * routing.weights.reshape(-1)[order][:, None]
-    return jnp.zeros_like(x).at[token_of].add(out)
+    h = jax.nn.silu(matmul(xs, gate, sizes)) * matmul(xs, up, sizes)
+    out = matmul(h, down, sizes)
+    flat = ids.reshape(-1)[order]
+    w = jnp.where(flat < num_experts, weights.reshape(-1)[order], 0).astype(out.dtype)
+    return jnp.zeros_like(x).at[token_of].add(out * w[:, None])
+
+
+def ragged_dot(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    return jax.lax.ragged_dot(lhs, rhs, group_sizes)
+
+
+def target_gmm() -> Matmul:
+    """`grouped_matmul` with the implementation for the compile target (or the active hooks' `gmm_impl`)."""
+    impl = getattr(active(), "gmm_impl", None) or default_impl(target_platform())
+    return lambda lhs, rhs, sizes: grouped_matmul(lhs, rhs, sizes, impl)
+
+
+def _expert_ffn_ragged(x, routing, gate, up, down):
+    return grouped_ffn(x, routing.weights, routing.ids, gate, up, down, ragged_dot)
+
+
+def _expert_ffn_gmm(x, routing, gate, up, down):
+    return grouped_ffn(x, routing.weights, routing.ids, gate, up, down, target_gmm())
 
 
 def _expert_ffn_blocked(x, routing, gate, up, down, block: int = 64):
@@ -98,14 +130,20 @@ BACKENDS: dict[str, Callable] = {
     "dense": _expert_ffn_dense,
     "ragged": _expert_ffn_ragged,
     "blocked": _expert_ffn_blocked,
+    "gmm": _expert_ffn_gmm,
 }
 
 
+def auto_backend(platform: str) -> str:
+    """The backend `auto` means for a compile target: `gmm` on TPU (megablox kernels, forward and
+    backward sparse), `blocked` on CPU and GPU (fastest measured there, bench/moe_block.py)."""
+    return "gmm" if platform == "tpu" else "blocked"
+
+
 def resolve_backend(backend: str) -> str:
-    """`auto` -> the fastest backend measured on this platform (bench/moe_block.py):
-    `ragged` on TPU (grouped matmul kernels), `blocked` on CPU and GPU."""
+    """`auto` -> `auto_backend` of the compile target; other names are checked."""
     if backend == "auto":
-        return "ragged" if jax.default_backend() == "tpu" else "blocked"
+        return auto_backend(target_platform())
     if backend not in BACKENDS:
         raise ValueError(f"unknown moe_backend {backend!r}; allowed: {['auto'] + sorted(BACKENDS)}")
     return backend

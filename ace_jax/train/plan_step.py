@@ -21,6 +21,8 @@ from ace_jax.models.constraints import use as use_hooks
 from ace_jax.train.optimizer import scale_by_adam_moments
 from sharding import init as sharded
 from sharding.context import model_hooks
+from sharding.expert_parallel import expert_axes
+from sharding.minimum import ExpertExchange, minimum_traffic
 from sharding.planner import StepSpec, shard_bytes
 from sharding.rules import batch_sharding
 
@@ -93,6 +95,85 @@ def activation_estimate(cfg: Qwen3Config, local_batch: int, seq_len: int, chunk:
     return int(saved + per_layer + scores + logits)
 
 
+def matmul_params_per_token(cfg: Qwen3Config) -> dict[str, int]:
+    """Weights each token multiplies by in one forward pass: attention, MLP / routed experts, LM head."""
+    h, q, kv = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    attn = cfg.num_hidden_layers * (2 * h * q + 2 * h * kv)
+    moe = cfg.num_moe_layers if cfg.is_moe else 0
+    experts = moe * (cfg.num_experts_per_tok * 3 * h * cfg.moe_intermediate_size + h * cfg.num_experts) if moe else 0
+    dense = (cfg.num_hidden_layers - moe) * 3 * h * cfg.intermediate_size
+    return {"attention": attn, "experts": experts, "mlp": dense, "lm_head": h * cfg.vocab_size}
+
+
+def analytic_flops(cfg: Qwen3Config, tokens: int, seq_len: int) -> dict[str, float]:
+    """FLOPs of one update step over `tokens` tokens (sequences of `seq_len`):
+    `hardware`: what the step executes (layers: forward, backward x2, plus a recompute with remat;
+    LM head: forward, recompute, backward x2; attention scores counted in full, as computed);
+    `model`: the MFU convention (6 x params per token + 12 x layers x d_attn x seq, no recompute)."""
+    p = matmul_params_per_token(cfg)
+    layers = p["attention"] + p["experts"] + p["mlp"]
+    attn_fwd = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.head_dim * seq_len   # QK^T and PV
+    passes = 3 + (cfg.remat != "none")
+    hardware = tokens * ((2 * layers + attn_fwd) * passes + 2 * p["lm_head"] * 4)
+    model = tokens * (6 * (layers + p["lm_head"]) + 3 * attn_fwd)
+    return {"hardware": float(hardware), "model": float(model), "experts": float(tokens * 2 * p["experts"] * passes)}
+
+
+def step_costs(cfg: Qwen3Config, params, mesh, rules, *, local_batch: int, seq_len: int,
+               expert_parallel: str) -> dict:
+    """Per-device analytic FLOPs, minimum collective traffic and the local MoE layer shape (plan info)."""
+    tokens = local_batch * seq_len
+    ep_axes = tuple(expert_axes(mesh, rules, cfg.num_experts)) if cfg.is_moe and expert_parallel != "none" else ()
+    ep = math.prod(mesh.shape[a] for a in ep_axes)
+    cbytes = jnp.dtype(cfg.compute_dtype).itemsize
+    exchange = ExpertExchange(cfg.num_moe_layers, tokens, cfg.hidden_size, cbytes, ep) if ep_axes else None
+    minimum = minimum_traffic(params, mesh, compute_bytes=cbytes, ep_axes=ep_axes,
+                              num_experts=cfg.num_experts if cfg.is_moe else None,
+                              forward_passes=1 + (cfg.remat != "none"), exchange=exchange)
+    out = {"tokens_per_device": tokens, "flops_analytic": analytic_flops(cfg, tokens, seq_len),
+           "traffic_minimum": minimum, "ep": ep}
+    if cfg.is_moe:   # one device's share of an MoE layer (balanced routing): rows = routed pairs
+        out["moe_layer"] = {"rows": tokens * cfg.num_experts_per_tok, "hidden": cfg.hidden_size,
+                            "width": cfg.moe_intermediate_size, "local_experts": cfg.num_experts // max(ep, 1),
+                            "layers": cfg.num_moe_layers, "dtype": cfg.compute_dtype}
+    return out
+
+
+def moe_layer_flops(layer: dict, backends: list[str], device) -> dict[str, dict[str, float]]:
+    """Compiled vs analytic FLOPs of one device's MoE expert computation, forward + backward, at
+    the plan's local shape (`step_costs`' `moe_layer`: rows routed to the local experts), per
+    grouped-matmul backend (`ragged` or `gmm`), compiled for `device` alone."""
+    import types
+
+    import numpy as np
+    from jax.sharding import Mesh, SingleDeviceSharding
+
+    from ace_jax.models import moe
+
+    rows, h, f, e = layer["rows"], layer["hidden"], layer["width"], layer["local_experts"]
+    dt = jnp.dtype(layer["dtype"])
+    on = SingleDeviceSharding(device)
+    sds = lambda shape, d=dt: jax.ShapeDtypeStruct(shape, d, sharding=on)  # noqa: E731
+    analytic = 3 * 3 * 2.0 * rows * h * f       # 3 matmuls x (forward, input grad, weight grad)
+    out = {}
+    for backend in backends:
+        matmul = moe.ragged_dot if backend == "ragged" else moe.target_gmm
+
+        def loss(x, gate, up, down, ids, cot, matmul=matmul):
+            mm = matmul() if matmul is moe.target_gmm else matmul
+            y = moe.grouped_ffn(x, jnp.ones(ids.shape, x.dtype), ids, gate, up, down, mm)
+            return jnp.sum((y * cot).astype(jnp.float32))
+
+        with use_hooks(types.SimpleNamespace(mesh=Mesh(np.array([device]), ("device",)))):
+            compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(
+                sds((rows, h)), sds((e, h, f)), sds((e, h, f)), sds((e, f, h)), sds((rows, 1), jnp.int32),
+                sds((rows, h))).compile()
+        cost = compiled.cost_analysis()
+        cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+        out[backend] = {"compiled": float(cost.get("flops", 0.0)), "analytic": analytic}
+    return out
+
+
 def build(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, moments_dtype: str = "float32",
           expert_parallel: str = "none", ep_local: str | None = None, learning_rate: float = 1e-6,
           seed: int = 0) -> StepSpec:
@@ -121,7 +202,9 @@ def build(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, moments_dt
                           "batch": batch, "seq_len": seq_len, "moments_dtype": moments_dtype,
                           "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
                           "remat": cfg.remat, "moe_backend": cfg.moe_backend,
-                          "expert_parallel": expert_parallel + (f" ({ep_local} local)" if ep_local else "")})
+                          "expert_parallel": expert_parallel + (f" ({ep_local} local)" if ep_local else ""),
+                          **step_costs(cfg, params, mesh, rules, local_batch=local_batch, seq_len=seq_len,
+                                       expert_parallel=expert_parallel)})
 
 
 def build_grpo(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, moments_dtype: str = "float32",
@@ -169,4 +252,6 @@ def build_grpo(cfg: Qwen3Config, mesh, rules, *, batch: int, seq_len: int, momen
                           "batch": batch, "seq_len": seq_len, "moments_dtype": moments_dtype,
                           "param_dtype": cfg.param_dtype, "compute_dtype": cfg.compute_dtype,
                           "remat": cfg.remat, "moe_backend": cfg.moe_backend,
-                          "expert_parallel": expert_parallel + (f" ({ep_local} local)" if ep_local else "")})
+                          "expert_parallel": expert_parallel + (f" ({ep_local} local)" if ep_local else ""),
+                          **step_costs(cfg, params, mesh, rules, local_batch=local_batch, seq_len=seq_len,
+                                       expert_parallel=expert_parallel)})

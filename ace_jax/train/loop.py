@@ -183,7 +183,7 @@ class Trainer:
             rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
             std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
         batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, cfg.train.length_buckets,
-                                              self.codec.pad_id)
+                                              self.codec.pad_id, rng=np.random.default_rng([cfg.train.seed, self.step]))
         record: dict[str, Any] = {
             "step": self.step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
             "valid_rate": float(np.mean([[r.valid for r in row] for row in rollouts.results])),

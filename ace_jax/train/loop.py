@@ -212,16 +212,19 @@ class Trainer:
 
     def warm_start(self) -> None:
         """Behaviour cloning before the first RL step (spec mode, `train.warmstart_steps`)."""
-        from ace_jax.train.warmstart import warm_start
+        from ace_jax.train.warmstart import warm_start, warmstart_optimizer, warmstart_state
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
-        sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
+        sft = warmstart_optimizer(self.cfg.optimizer, self.cfg.train.warmstart_steps)  # its own moments and lr
+        sft_step = make_train_step(self.graphdef, sft.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
                                    temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
-                                   state_sharding=self.placement.state_sharding)
+                                   learning_rate=sft.schedule, state_sharding=self.placement.state_sharding)
         rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step
         with self.placement.tracing():
-            self.state = warm_start(sft_step, self.state, self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
-                                    rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
-                                    place_batch=self.placement.place_batch, echo=self.echo)
+            warmed = warm_start(sft_step, self.placement.place_state(warmstart_state(self.state, sft.optimizer)),
+                                self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
+                                rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
+                                place_batch=self.placement.place_batch, echo=self.echo)
+        self.state = self.state._replace(params=warmed.params)  # RL optimizer and schedule untouched
         self.engine.update_weights(self.state.params, weight_version="warmstart")
 
     def run(self, steps: int | None = None) -> dict[str, Any]:

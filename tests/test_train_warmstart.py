@@ -34,7 +34,8 @@ def test_rl_optimizer_starts_fresh_after_the_warm_start(tmp_path):
         after = jax.tree.map(np.asarray, trainer.state.params)
         assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)))
         # The RL state's step, hence its warmup and cosine schedule, has not moved ...
-        assert int(trainer.state.step) == 0
+        assert int(trainer.state.step) == 0 and int(trainer.state.skipped) == 0
+        assert np.asarray(trainer.state.rng).shape == (2,)   # not donated to the warm start's step
         # ... and its Adam moments are the fresh ones, not the warm start's.
         for a, b in zip(jax.tree.leaves(fresh_opt), jax.tree.leaves(trainer.state.opt_state)):
             np.testing.assert_array_equal(a, np.asarray(b))

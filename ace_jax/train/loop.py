@@ -31,8 +31,11 @@ from ace_jax.train.assemble import assemble_batch
 from ace_jax.train import run_dir as run_files
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from ace_jax.train.rollouts import ExecutionCache, collect
-from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
+from ace_jax.train.exec_cache import make_execution_cache
+from ace_jax.train.rollouts import collect
+from ace_jax.train.metrics_file import METRICS_FILE, MetricsFile
+from ace_jax.train.run_state import pack_curriculum, unpack_curriculum, unpack_curriculum_log
+from ace_jax.train.tensorboard import TensorBoardWriter
 from ace_jax.train.state import create_train_state
 from ace_jax.train.step import make_train_step
 from rollout.env.prepare import ensure_tasks
@@ -118,7 +121,7 @@ class Trainer:
         sandbox = make_sandbox(cfg.env.sandbox)
         self.pool = WorkerPool(sandbox, cfg.env.workers)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
-        self.exec_cache = ExecutionCache() if cfg.env.cache_executions else None
+        self.exec_cache = make_execution_cache(cfg.env.cache_executions, cfg.env.exec_cache_dir, cfg.env.exec_cache_mb)
         self.buffer = EvolvingBuffer(cfg.curriculum)
         self.buffer.add_roots(np.arange(len(self.task_ids)))
         self.sampler = LearnabilitySampler(seed=cfg.train.seed)
@@ -159,6 +162,9 @@ class Trainer:
         if restored.meta and "buffer" in restored.meta:  # absent in a run made by `ace-jax import`
             self.buffer, sampler_state, self.history = unpack_curriculum(restored.arrays, restored.meta)
             self.sampler.load_state_dict(sampler_state)
+            log_state = unpack_curriculum_log(restored.arrays, restored.meta)
+            if log_state is not None:
+                self.curriculum_log.load_state_dict(log_state)
         self.engine.update_weights(self.state.params)
         self.echo(f"resumed {self.run_dir} at step {self.step}")
 
@@ -192,7 +198,8 @@ class Trainer:
             "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
             "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
-            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
+            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits,
+            **({} if self.exec_cache is None else self.exec_cache.stats())}
         if n_informative:
             with self.placement.tracing():
                 self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
@@ -207,7 +214,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the run
     def save(self) -> None:
-        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history)
+        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history,
+                                       self.curriculum_log.state_dict())
         self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
 
     def warm_start(self) -> None:
@@ -231,13 +239,15 @@ class Trainer:
         total = self.cfg.train.steps if steps is None else steps
         if self.step == 0 and self.cfg.train.warmstart_steps and self.cfg.env.mode == "spec":
             self.warm_start()
-        metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        # Lines and events of steps after the checkpoint (a killed run) are dropped first.
+        metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
+        tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
         first, times = self.step, []
         while self.step < total:
             record = self.train_step()
             self.history.append({k: v for k, v in record.items() if k != "curriculum"})
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            metrics_file.append(record)
+            tensorboard.write(record)
             times.append(record["step_s"])
             rate = np.mean(times[-5:])
             eta = rate * (total - self.step)
@@ -249,6 +259,7 @@ class Trainer:
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
                 self.save()
         self.checkpointer.wait()
+        tensorboard.close()
         summary = self.finish(first)
         return summary
 

@@ -42,8 +42,13 @@ def warmstart_optimizer(rl: OptimizerConfig, steps: int) -> WarmStartOptimizer:
 
 
 def warmstart_state(rl_state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
-    """A train state for the warm start: the RL state's parameters with fresh moments of `optimizer`."""
-    return rl_state._replace(opt_state=optimizer.init(rl_state.params), step=jnp.zeros_like(rl_state.step))
+    """A train state for the warm start: the RL state's parameters with fresh moments of `optimizer`.
+    The update step donates its input, so everything but the parameters (which the warm start's
+    replace) is a copy: the RL state's own arrays stay alive."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    return TrainState(params=rl_state.params, opt_state=optimizer.init(rl_state.params),
+                      step=jnp.zeros_like(rl_state.step), rng=copy(rl_state.rng), skipped=copy(rl_state.skipped),
+                      ref_params=None if rl_state.ref_params is None else copy(rl_state.ref_params))
 
 
 def spec_menu(task: Task) -> list[str]:

@@ -52,6 +52,8 @@ class EnvSection:
     tasks: str = "train"                # built-in split or a directory of tasks
     prompt_budget_tokens: int = 6000
     cache_executions: bool = True       # deterministic scripts: a repeated response is not re-run
+    exec_cache_dir: str = ""            # the persistent execution cache ("" = $ACE_JAX_HOME or ~/.cache/ace-jax)
+    exec_cache_mb: int = 512            # its size bound on disk
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,23 +2,31 @@
 
 Metrics per task and overall: valid-submission rate (a valid submission within K steps),
 any-medal rate, mean best hidden q, and steps to the first valid submission (K + 1 when none).
+
+`run_episodes` plays many (task, seed, temperature) episodes side by side: each agent step is
+one batched generate call and one batch of executions (through any `execute(items)`, e.g. a
+worker pool behind the execution cache), so several seeds cost little more than one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ace_jax.agent.codec import Codec
 from rollout.engine import GenerateRequest, RolloutEngine, SamplingParams
-from rollout.env.execute import step as env_step
+from rollout.env.execute import StepResult, step as env_step
 from rollout.env.state import State
 from rollout.env.tasks import Task
 from rollout.sandbox.base import Limits, Sandbox
 
 MEDAL_ORDER = ("gold", "silver", "bronze")
+METRICS = ("valid_rate", "any_medal_rate", "mean_best_q", "mean_steps_to_first_valid")
+
+# items as rollouts.collect builds them: (task, response, mode, truncated, limits, parent q)
+Execute = Callable[[list], list[StepResult]]
 
 
 @dataclasses.dataclass
@@ -31,27 +39,65 @@ class TaskEval:
     steps: list[dict[str, Any]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One evaluation episode: a task, a sampling seed and temperature."""
+
+    task_id: str
+    seed: int = 0
+    temperature: float = 0.0
+
+
+def run_episodes(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], episodes: Sequence[Episode],
+                 execute: Execute, *, steps: int, max_new_tokens: int, limits: Limits) -> list[TaskEval]:
+    """Play every episode for `steps` agent steps; the state after a step is its child state."""
+    states = [State(e.task_id) for e in episodes]
+    traces: list[list[dict[str, Any]]] = [[] for _ in episodes]
+    evals = [TaskEval(e.task_id, False, None, 0.0, None, traces[n]) for n, e in enumerate(episodes)]
+    for i in range(steps):
+        requests = [GenerateRequest(codec.encode_prompt(s, tasks[e.task_id]), SamplingParams(
+            temperature=e.temperature, top_p=1.0, top_k=-1, min_p=0.0, max_new_tokens=max_new_tokens,
+            stop_token_ids=codec.stop_ids, seed=e.seed + i), n=1) for e, s in zip(episodes, states)]
+        completions = [out[0] for out in engine.generate(requests)]
+        items = [(tasks[e.task_id], codec.decode_response(list(c.token_ids)), codec.mode, c.finish_reason == "length",
+                  limits, s.q) for e, s, c in zip(episodes, states, completions)]
+        for n, (result, state) in enumerate(zip(execute(items), list(states))):
+            ev = evals[n]
+            ev.steps.append({"step": i + 1, "operator": state.operator, "valid": result.valid, "reason": result.reason,
+                             "q": result.q, "medal": result.medal, "code": result.code[:200]})
+            if result.valid:
+                ev.valid, ev.first_valid_step = True, ev.first_valid_step or i + 1
+                ev.best_q = max(ev.best_q, result.q)
+                if result.medal and (ev.medal is None or MEDAL_ORDER.index(result.medal) < MEDAL_ORDER.index(ev.medal)):
+                    ev.medal = result.medal
+            if result.payload is not None:
+                states[n] = result.payload.to_state(state.depth + 1)
+    return evals
+
+
+def summarize(results: Sequence[TaskEval], steps: int) -> dict[str, float]:
+    """The overall metrics of a set of task evaluations (one per task)."""
+    return {
+        "valid_rate": float(np.mean([r.valid for r in results])),
+        "any_medal_rate": float(np.mean([r.medal is not None for r in results])),
+        "mean_best_q": float(np.mean([r.best_q for r in results])),
+        "mean_steps_to_first_valid": float(np.mean([r.first_valid_step or steps + 1 for r in results])),
+    }
+
+
+def sandbox_executor(sandbox: Sandbox) -> Execute:
+    """Run items one after another in `sandbox` (slot 0)."""
+    def execute(items: list) -> list[StepResult]:
+        return [env_step(t, response, sandbox, mode=mode, truncated=cut, limits=limits, parent_q=q)
+                for t, response, mode, cut, limits, q in items]
+    return execute
+
+
 def evaluate_task(engine: RolloutEngine, codec: Codec, task: Task, sandbox: Sandbox, *, steps: int,
                   temperature: float, max_new_tokens: int, limits: Limits, seed: int) -> TaskEval:
-    """Run the agent loop on one task; the state after each step is the step's child state."""
-    state, best_q, best_medal, first_valid, trace = State(task.id), 0.0, None, None, []
-    for i in range(steps):
-        prompt = codec.encode_prompt(state, task)
-        sampling = SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
-                                  max_new_tokens=max_new_tokens, stop_token_ids=codec.stop_ids, seed=seed + i)
-        completion = engine.generate([GenerateRequest(prompt, sampling, n=1)])[0][0]
-        result = env_step(task, codec.decode_response(list(completion.token_ids)), sandbox, mode=codec.mode,
-                          truncated=completion.finish_reason == "length", limits=limits, parent_q=state.q)
-        trace.append({"step": i + 1, "operator": state.operator, "valid": result.valid, "reason": result.reason,
-                      "q": result.q, "medal": result.medal, "code": result.code[:200]})
-        if result.valid:
-            first_valid = first_valid or i + 1
-            best_q = max(best_q, result.q)
-            if result.medal and (best_medal is None or MEDAL_ORDER.index(result.medal) < MEDAL_ORDER.index(best_medal)):
-                best_medal = result.medal
-        if result.payload is not None:
-            state = result.payload.to_state(state.depth + 1)
-    return TaskEval(task.id, first_valid is not None, best_medal, best_q, first_valid, trace)
+    """Run the agent loop on one task."""
+    return run_episodes(engine, codec, {task.id: task}, [Episode(task.id, seed, temperature)],
+                        sandbox_executor(sandbox), steps=steps, max_new_tokens=max_new_tokens, limits=limits)[0]
 
 
 def evaluate(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], sandbox: Sandbox, *, steps: int = 4,
@@ -64,12 +110,5 @@ def evaluate(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], sandbo
         results.append(r)
         echo(f"[{n + 1}/{len(tasks)}] {tid}: valid {r.valid} medal {r.medal or '-'} best q {r.best_q:.3f} "
              f"first valid step {r.first_valid_step or '-'}")
-    summary = {
-        "tasks": len(results), "steps": steps,
-        "valid_rate": float(np.mean([r.valid for r in results])),
-        "any_medal_rate": float(np.mean([r.medal is not None for r in results])),
-        "mean_best_q": float(np.mean([r.best_q for r in results])),
-        "mean_steps_to_first_valid": float(np.mean([r.first_valid_step or steps + 1 for r in results])),
-        "per_task": [dataclasses.asdict(r) for r in results],
-    }
-    return summary
+    return {"tasks": len(results), "steps": steps, **summarize(results, steps),
+            "per_task": [dataclasses.asdict(r) for r in results]}

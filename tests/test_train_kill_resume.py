@@ -28,7 +28,8 @@ def _command(run_dir):
     return [sys.executable, "-m", "ace_jax.cli", "train", "--config", str(DEMO_CONFIG),
             f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.checkpoint_every=2", "train.seed=3",
             "train.warmstart_steps=4", "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=2",
-            "rollout.max_new_tokens=8", "env.sandbox=bwrap", "curriculum.capacity=64", "train.length_buckets=[64]"]
+            "rollout.max_new_tokens=8", "env.sandbox=bwrap", "curriculum.capacity=64", "train.length_buckets=[64]",
+            "train.heldout_eval=false"]
 
 
 def _env():

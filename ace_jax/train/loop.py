@@ -33,6 +33,7 @@ from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.exec_cache import make_execution_cache
 from ace_jax.train.rollouts import collect
+from ace_jax.train.heldout import heldout_tracker
 from ace_jax.train.metrics_file import METRICS_FILE, MetricsFile
 from ace_jax.train.run_state import pack_curriculum, unpack_curriculum, unpack_curriculum_log
 from ace_jax.train.tensorboard import TensorBoardWriter
@@ -131,6 +132,7 @@ class Trainer:
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
         run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
+        self.heldout = heldout_tracker(self) if cfg.train.heldout_eval else None
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
                   f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, sandbox {sandbox.name}")
 
@@ -239,6 +241,8 @@ class Trainer:
         total = self.cfg.train.steps if steps is None else steps
         if self.step == 0 and self.cfg.train.warmstart_steps and self.cfg.env.mode == "spec":
             self.warm_start()
+        if self.heldout is not None and self.step == 0:
+            self.heldout.measure("before")
         # Lines and events of steps after the checkpoint (a killed run) are dropped first.
         metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
         tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
@@ -260,6 +264,9 @@ class Trainer:
                 self.save()
         self.checkpointer.wait()
         tensorboard.close()
+        if self.heldout is not None and (self.step > first or "after" not in self.heldout.results):
+            self.heldout.measure("after")
+            self.echo(self.heldout.table())
         summary = self.finish(first)
         return summary
 
@@ -277,7 +284,8 @@ class Trainer:
                    "final_reward_mean": last.get("reward_mean"), "buffer_size": int(self.buffer.size),
                    "skipped_updates": int(self.state.skipped), "optimizer_steps": int(self.state.step),
                    "engine_compiles": getattr(self.engine, "compile_count", None),
-                   "train_step_compiles": self.step_fn._cache_size(), "plots": plots}
+                   "train_step_compiles": self.step_fn._cache_size(), "plots": plots,
+                   **(self.heldout.summary() if self.heldout is not None else {})}
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         return summary

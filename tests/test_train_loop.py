@@ -127,17 +127,20 @@ def test_hf_start_on_a_mesh_loads_sharded(tmp_path):
         trainer.close()
 
 
+def _run_with_heldout(run_dir, steps):
+    cfg = load_config(DEMO_CONFIG, [*_overrides(run_dir, steps), "train.heldout_seeds=2", "train.heldout_steps=2"])
+    assert cfg.train.heldout_eval  # the demo config turns it on
+    trainer = Trainer(cfg, echo=lambda s: None)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
 @pytest.mark.slow
 def test_heldout_before_and_after_are_in_the_summary_and_survive_a_resume(tmp_path):
     run_dir = tmp_path / "run"
-    cfg = load_config(DEMO_CONFIG, _overrides(run_dir, 1))
-    trainer = Trainer(load_config(DEMO_CONFIG, [*_overrides(run_dir, 1), "train.heldout_seeds=2",
-                                                "train.heldout_steps=2"]), echo=lambda s: None)
-    try:
-        summary = trainer.run()
-    finally:
-        trainer.close()
-    assert cfg.train.heldout_eval  # the demo config turns it on
+    summary = _run_with_heldout(run_dir, 1)
     before, after = summary["heldout_before"], summary["heldout_after"]
     for result in (before, after):
         assert result["tasks"] == 4 and result["seeds"] == 2 and result["temperature"] == 1.0
@@ -148,10 +151,5 @@ def test_heldout_before_and_after_are_in_the_summary_and_survive_a_resume(tmp_pa
         assert 1.0 <= result["greedy"]["mean_steps_to_first_valid"] <= 3.0
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["heldout_before"] == before
-    resumed = Trainer(load_config(DEMO_CONFIG, [*_overrides(run_dir, 2), "train.heldout_seeds=2",
-                                                "train.heldout_steps=2"]), echo=lambda s: None)
-    try:
-        summary = resumed.run()
-    finally:
-        resumed.close()
+    summary = _run_with_heldout(run_dir, 2)
     assert summary["heldout_before"] == before and summary["steps"] == 2

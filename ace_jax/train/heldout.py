@@ -104,6 +104,8 @@ def heldout_tracker(trainer) -> HeldoutTracker:
     execute = pool_executor(trainer.pool, trainer.exec_cache)
 
     def evaluate() -> dict[str, Any]:
+        trainer.echo(f"held-out evaluation at step {trainer.step}: {len(tasks)} tasks x (greedy + "
+                     f"{cfg.train.heldout_seeds} seeds at T={cfg.rollout.temperature:g}), {cfg.train.heldout_steps} agent steps")
         return evaluate_policy(trainer.engine, trainer.codec, tasks, execute, steps=cfg.train.heldout_steps,
                                seeds=cfg.train.heldout_seeds, temperature=cfg.rollout.temperature,
                                max_new_tokens=cfg.rollout.max_new_tokens, limits=trainer.limits, seed=cfg.train.seed)

@@ -1,9 +1,10 @@
 # Quick start: `make demo` (the main job on CPU with a tiny model), `make test` (the test suite).
+# Both first make sure the system parts are there (scripts/system_deps.sh), then the venv.
 PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install system-demo system-test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +14,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: $(STAMP)
+system-demo:
+	@bash scripts/system_deps.sh demo
+
+system-test:
+	@bash scripts/system_deps.sh test
+
+demo: system-demo
+	@$(MAKE) --no-print-directory install
 	$(VENV)/bin/ace-jax demo
 
-test: $(STAMP)
+test: system-test
+	@$(MAKE) --no-print-directory install
 	$(VENV)/bin/python -m pytest -q --durations=15 tests
 
-test-fast: $(STAMP)
+test-fast: system-test
+	@$(MAKE) --no-print-directory install
 	$(VENV)/bin/python -m pytest -q -m "not slow" tests
 
 clean:

@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from ace_jax.train.hosts import maybe_initialize_from_env
+    maybe_initialize_from_env()  # several processes on one machine (or exported by a launcher)
     module = _load(args.command)
     if module is None:
         print(f"ace-jax {args.command}: not available in this version", file=sys.stderr)

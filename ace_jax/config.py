@@ -197,6 +197,14 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'rollout.group_size' must be >= 2 (GRPO compares rollouts), got {cfg.rollout.group_size}")
     if (cfg.model.preset is None) == (cfg.model.hf is None):
         raise ConfigError("config section 'model' needs exactly one of 'preset' or 'hf'")
+    if not cfg.rollout.temperature > 0:
+        raise ConfigError(f"config key 'rollout.temperature' must be > 0 for training (logprobs divide by it), "
+                          f"got {cfg.rollout.temperature}")
+    from ace_jax.train.lengths import LengthError, check_lengths
+    try:
+        check_lengths(cfg)
+    except LengthError as exc:
+        raise ConfigError(str(exc)) from exc
     batch = cfg.rollout.group_size * cfg.rollout.states_per_step
     if batch % cfg.train.micro_batches:
         raise ConfigError(f"config key 'train.micro_batches' ({cfg.train.micro_batches}) must divide the "

@@ -37,12 +37,14 @@ class HttpClient:
     """Thread-safe JSON client shared by every request to one or more servers."""
 
     def __init__(self, *, timeout_s: float = 3600.0, connect_timeout_s: float = 10.0, retries: int = 3,
-                 backoff_s: float = 0.5, max_backoff_s: float = 10.0, max_connections: int = 64):
+                 backoff_s: float = 0.5, max_backoff_s: float = 10.0, max_connections: int = 64,
+                 headers: dict[str, str] | None = None):
+        """`headers` go with every request (e.g. an API key's Authorization)."""
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), headers=headers,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
 
     def close(self) -> None:

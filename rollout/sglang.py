@@ -250,16 +250,26 @@ class SGLangEngine:
 
 
 def request_payload(request: GenerateRequest) -> dict[str, Any]:
-    """SGLang's /generate body for one prompt with every sampling field stated."""
-    payload: dict[str, Any] = {
-        "input_ids": list(request.input_ids),
-        "sampling_params": {**request.sampling.to_sglang(), "n": request.n},
-        "return_logprob": request.return_logprob,
-    }
+    """SGLang's /generate body for one prompt with every sampling field stated.
+
+    With a seed and n > 1, the n samples go as a batch of n copies of the prompt, sample i with
+    `sampling_seed` seed + i: SGLang gives all n samples of one request the same seed, which
+    under deterministic inference would make every sample of a group identical."""
+    sampling = request.sampling.to_sglang()
+    payload: dict[str, Any] = {"return_logprob": request.return_logprob}
+    if request.n > 1 and request.sampling.seed is not None:
+        payload["input_ids"] = [list(request.input_ids) for _ in range(request.n)]
+        payload["sampling_params"] = [{**sampling, "sampling_seed": int(request.sampling.seed) + i}
+                                      for i in range(request.n)]
+        if request.rid is not None:
+            payload["rid"] = [f"{request.rid}-{i}" for i in range(request.n)]
+    else:
+        payload["input_ids"] = list(request.input_ids)
+        payload["sampling_params"] = {**sampling, "n": request.n}
+        if request.rid is not None:
+            payload["rid"] = request.rid
     if request.return_routed_experts:
         payload["return_routed_experts"] = True
-    if request.rid is not None:
-        payload["rid"] = request.rid
     return payload
 
 

@@ -194,3 +194,10 @@ def test_update_weights_from_disk_and_memory_saver(plain, engine, dirs):
     finally:
         post(plain, "/resume_memory_occupation", {})
     assert post(plain, "/generate", body)["output_ids"] == before
+
+
+def test_openai_routes_need_a_tokenizer(plain):
+    models = httpx.get(plain + "/v1/models").json()["data"]
+    assert [m["object"] for m in models] == ["model"]
+    r = httpx.post(plain + "/v1/completions", json={"model": models[0]["id"], "prompt": [5, 6], "max_tokens": 2})
+    assert r.status_code == 400 and "tokenizer" in r.json()["error"]["message"]

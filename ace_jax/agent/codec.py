@@ -24,6 +24,8 @@ class Codec(Protocol):
 
     def decode_response(self, ids: list[int]) -> str: ...
 
+    def encode_response(self, text: str) -> list[int]: ...
+
 
 class SpecCodec:
     """Word-level spec mode for tiny models."""
@@ -42,6 +44,10 @@ class SpecCodec:
     def decode_response(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i not in self.stop_ids])
 
+    def encode_response(self, text: str) -> list[int]:
+        """The completion ids a policy would generate for `text`, stop token included."""
+        return self.tokenizer.encode(text, add_eos=True)
+
 
 class ChatCodec:
     """Qwen3 chat mode: full prompts within a token budget, fenced-code responses."""
@@ -58,13 +64,30 @@ class ChatCodec:
         self.stop_ids = (tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>"))
         self.pad_id = tokenizer.pad_token_id
 
+    def count_tokens(self, text: str) -> int:
+        return len(self.count_ids(text))
+
     def encode_prompt(self, state: State, task: Task) -> list[int]:
-        prompt = build_prompt(state, task, budget_tokens=self.budget_tokens)
-        return list(self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False))
+        """The chat prompt's token ids, at most `budget_tokens` (counted with the real tokenizer)."""
+        from ace_jax.train.lengths import CHAT_TEMPLATE_RESERVE
+        prompt = build_prompt(state, task, budget_tokens=self.budget_tokens - CHAT_TEMPLATE_RESERVE,
+                              count_tokens=self.count_tokens)
+        ids = list(self.tokenizer.apply_chat_template(prompt.messages(), add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False))
+        if len(ids) > self.budget_tokens:
+            raise ValueError(f"task {task.id}: the prompt has {len(ids)} tokens, over env.prompt_budget_tokens "
+                             f"({self.budget_tokens})")
+        return ids
 
     def decode_response(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False).replace("<|im_end|>", "")
+
+    def encode_response(self, text: str) -> list[int]:
+        """The assistant turn's ids for `text`, ending in <|im_end|> as the chat template does."""
+        return self.count_ids(text) + [self.stop_ids[0]]
+
+    def count_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def make_codec(mode: str, tasks: list[Task], budget_tokens: int = 6000) -> Codec:

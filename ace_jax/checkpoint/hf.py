@@ -112,7 +112,7 @@ def _check(reader: SafetensorsReader, model, entries: list[names.Entry]) -> None
             expected[entry.hf_keys(idx)] = names.hf_shape(entry.layout, inner)
     present = set(reader.files)
     missing = sorted(set(expected) - present)
-    unexpected = sorted(present - set(expected))
+    unexpected = sorted(present - set(expected) - _redundant_tied_head(reader, model.config))
     misshaped = [f"{k}: file {reader.shape(k)} vs expected {expected[k]}"
                  for k in sorted(set(expected) & present) if reader.shape(k) != expected[k]]
     problems = []
@@ -126,6 +126,18 @@ def _check(reader: SafetensorsReader, model, entries: list[names.Entry]) -> None
         raise CheckpointError(f"checkpoint {reader.dir} does not match its config.json:\n  " + "\n  ".join(problems))
 
 
+def _redundant_tied_head(reader: SafetensorsReader, cfg: Qwen3Config) -> set[str]:
+    """{'lm_head.weight'} when a tied checkpoint still stores the head and it equals the
+    embedding (some exporters write both); a head that differs is an error, not ignored."""
+    key, embed = "lm_head.weight", "model.embed_tokens.weight"
+    if not cfg.tie_word_embeddings or key not in reader.files or embed not in reader.files:
+        return set()
+    full = (slice(None), slice(None))
+    if reader.shape(key) != reader.shape(embed) or not np.array_equal(reader.get(key, full), reader.get(embed, full)):
+        raise CheckpointError(f"checkpoint {reader.dir}: tie_word_embeddings is true but {key} differs from {embed}")
+    return {key}
+
+
 def _abbrev(items: list[str], limit: int = 12) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
@@ -133,20 +145,22 @@ def _abbrev(items: list[str], limit: int = 12) -> str:
 
 def _read(reader: SafetensorsReader, entry: names.Entry, shape: tuple[int, ...],
           index: tuple[slice, ...], dtype) -> np.ndarray:
-    """Our-layout slice `index` of a (stacked) parameter, read tensor by tensor."""
+    """Our-layout slice `index` of a (stacked) parameter, read tensor by tensor into one
+    preallocated array (no second host copy of stacked experts)."""
     n_stack = len(entry.stack)
     stack_ranges = [range(*s.indices(m)) for s, m in zip(index[:n_stack], shape[:n_stack])]
     inner_shape, inner_index = shape[n_stack:], tuple(index[n_stack:])
-    pieces = []
-    for stack_idx in np.ndindex(*(len(r) for r in stack_ranges)) if n_stack else [()]:
-        real = tuple(r[i] for r, i in zip(stack_ranges, stack_idx))
-        key = entry.hf_keys(real)
-        block = names.read_slice(entry.layout, inner_shape, lambda hf_idx: reader.get(key, hf_idx), inner_index)
-        pieces.append(block.astype(dtype))
+    read = lambda real: names.read_slice(  # noqa: E731
+        entry.layout, inner_shape, lambda hf_idx: reader.get(entry.hf_keys(real), hf_idx), inner_index)
     if not n_stack:
-        return pieces[0]
-    out_shape = tuple(len(r) for r in stack_ranges) + pieces[0].shape
-    return np.stack(pieces).reshape(out_shape)
+        return read(()).astype(dtype, copy=False)
+    out = None
+    for stack_idx in np.ndindex(*(len(r) for r in stack_ranges)):
+        block = read(tuple(r[i] for r, i in zip(stack_ranges, stack_idx)))
+        if out is None:
+            out = np.empty(tuple(len(r) for r in stack_ranges) + block.shape, dtype)
+        out[stack_idx] = block
+    return out
 
 
 def load(hf_dir: str | os.PathLike, dtype: str = "float32", *, sharding_for: ShardingFn | None = None,
@@ -158,6 +172,9 @@ def load(hf_dir: str | os.PathLike, dtype: str = "float32", *, sharding_for: Sha
         raise CheckpointError(f"HF checkpoint directory {hf_dir} does not exist")
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise CheckpointError(f"{hf_dir} has no config.json (is it a Hugging Face model directory?)")
+    dtype = config_overrides.pop("param_dtype", dtype)  # `model.overrides` may name it too
+    if dtype not in _NP_DTYPES:
+        raise CheckpointError(f"param_dtype {dtype!r} is not supported; allowed: {sorted(_NP_DTYPES)}")
     overrides = {"param_dtype": dtype, "compute_dtype": config_overrides.pop("compute_dtype", dtype)}
     cfg = Qwen3Config.from_hf(hf_dir, **overrides, **config_overrides)
     if sharding_for is None and mesh is not None:
@@ -231,7 +248,9 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
     if dtype not in _NP_DTYPES:
         raise ValueError(f"dtype {dtype!r} not supported; allowed: {sorted(_NP_DTYPES)}")
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    writer = jax.process_index() == 0  # every process gathers (a collective), process 0 writes
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
     files = plan_shards(model, max_shard_size, dtype)
     np_dtype = _NP_DTYPES[dtype]
     weight_map, total, written = {}, 0, []
@@ -240,13 +259,16 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
         tensors = {}
         for key, entry, idx in shard:
             value = _variable(model, entry)[...]
-            piece = np.asarray(jax.device_get(value[idx] if idx else value))
+            piece = _to_host(value[idx] if idx else value)
             tensors[key] = np.ascontiguousarray(names.to_hf(entry.layout, piece).astype(np_dtype))
             weight_map[key] = name
             total += tensors[key].nbytes
-        save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
+        if writer:
+            save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
         written.append(name)
         del tensors
+    if not writer:
+        return written
     with open(os.path.join(out_dir, INDEX_FILE), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     cfg = model.config
@@ -260,9 +282,18 @@ def save(model: Qwen3ForCausalLM, out_dir: str | os.PathLike, max_shard_size: in
     return written
 
 
+def _to_host(value: jax.Array) -> np.ndarray:
+    """A whole array on this host, also when it spans several processes (all-gathered)."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    return np.asarray(jax.device_get(value))
+
+
 def generation_config(cfg: Qwen3Config) -> dict[str, Any]:
     """Qwen3's published sampling defaults; training requests always override them."""
-    return {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+    eos = list(cfg.eos_token_ids)
+    return {"bos_token_id": cfg.bos_token_id, "eos_token_id": eos if len(eos) > 1 else cfg.eos_token_id,
             "pad_token_id": cfg.pad_token_id, "do_sample": True, "temperature": 0.6,
             "top_p": 0.95, "top_k": 20}
 

@@ -1,4 +1,5 @@
-"""`ace-jax serve --hf DIR [--port P]`: the embedded JAX engine over SGLang's HTTP API."""
+"""`ace-jax serve --hf DIR [--port P]`: the embedded JAX engine over SGLang's HTTP API and OpenAI's
+/v1/models, /v1/chat/completions and /v1/completions."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moe-backend", default=None, help="MoE backend for the prefill (default: the model's)")
     parser.add_argument("--decode-moe-backend", default=None, help="MoE backend for decode steps (default: dense on CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without sampling_seed")
+    parser.add_argument("--served-model-name", default=None,
+                        help="the model id of the OpenAI routes (default: the --hf path, as SGLang)")
     parser.add_argument("--log-requests", action="store_true")
 
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.hf)
     server = make_server(engine, args.host, args.port, tokenizer=tokenizer,
                          defaults=sampling_defaults(args.hf, args.sampling_defaults),
-                         batch_wait_s=args.batch_wait_ms / 1000, quiet=not args.log_requests)
+                         batch_wait_s=args.batch_wait_ms / 1000, quiet=not args.log_requests,
+                         model_name=args.served_model_name or args.hf)
     host, port = server.server_address[:2]
     log(f"listening on http://{host}:{port} (tokenizer: {'yes' if tokenizer is not None else 'no'})")
     try:

@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def train_from(config_path: str | None, overrides: list[str], steps: int | None = None) -> int:
     from ace_jax.config import ConfigError, load_config
     from ace_jax.train.loop import Trainer
+    from rollout.sandbox.base import SandboxRefused
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -24,7 +25,14 @@ def train_from(config_path: str | None, overrides: list[str], steps: int | None 
     except ConfigError as exc:
         print(f"ace-jax train: {exc}", file=sys.stderr)
         return 2
-    trainer = Trainer(cfg)
+    try:
+        trainer = Trainer(cfg)
+    except ConfigError as exc:
+        print(f"ace-jax train: {exc}", file=sys.stderr)
+        return 2
+    except SandboxRefused as exc:
+        print(f"ace-jax train: no usable sandbox: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = trainer.run(steps)
     finally:

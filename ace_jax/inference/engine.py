@@ -192,7 +192,9 @@ class JaxEngine:
             if len(set(sp.stop_token_ids) | set(self.eos_token_ids)) > self.max_stop_ids:
                 raise ValueError(f"request {i}: more than {self.max_stop_ids} stop token ids")
             seed = int(sp.seed) if sp.seed is not None else int(self._seeds.integers(0, 2**32))
-            rows += [_Row(i, j, req.input_ids, seed % 2**32) for j in range(req.n)]
+            # Sample j of a request seeded s draws from seed s + j (as SGLang's sampling_seed per
+            # sample): n samples equal n single requests seeded s, s + 1, ...
+            rows += [_Row(i, j, req.input_ids, (seed + j) % 2**32) for j in range(req.n)]
         return rows
 
     def _run_chunk(self, chunk: list[_Row], requests: Sequence[GenerateRequest]) -> list[Completion]:
@@ -216,7 +218,7 @@ class JaxEngine:
             stops = sorted(set(sp.stop_token_ids) | (set() if sp.ignore_eos else set(self.eos_token_ids)))
             stop[i, :len(stops)] = stops
             temp[i], top_p[i], top_k[i], min_p[i] = sp.temperature, sp.top_p, sp.top_k, sp.min_p
-            seeds[i], sample[i] = row.seed, row.sample
+            seeds[i] = row.seed
         out = _generate_jit(self.state, ids, pad, max_new, stop, temp, top_k, top_p, min_p, seeds, sample,
                             graphdef=self.graphdef, decode_graphdef=self.decode_graphdef, gen_len=g, routed=routed)
         tokens, logprobs, lengths, finish = (np.asarray(x) for x in out[:4])

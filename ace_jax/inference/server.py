@@ -4,8 +4,10 @@ Routes and answers follow SGLang 0.5.23 (python/sglang/srt/entrypoints/http_serv
 GET /health, /health_generate, /get_model_info, /get_server_info, /get_weight_version;
 POST /generate, /update_weights_from_disk, /release_memory_occupation,
 /resume_memory_occupation; GET or POST /flush_cache. Errors are
-`{"error": {"message": ...}}` with status 400 (bad request) or 500. A stdlib threaded HTTP
-server takes the connections; one batcher thread runs the engine.
+`{"error": {"message": ...}}` with status 400 (bad request) or 500. OpenAI's routes
+(GET /v1/models, POST /v1/chat/completions, /v1/completions; openai_api.py, openai_answer.py) answer errors
+in OpenAI's shape and go through the same batcher. A stdlib threaded HTTP server takes the
+connections; one batcher thread runs the engine.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import json
 import os
 import sys
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from ace_jax.inference import api
+from ace_jax.inference import api, openai_answer, openai_api
 from ace_jax.inference.batcher import Batcher
 from ace_jax.inference.engine import JaxEngine
+from ace_jax.inference.top_logprobs import top_logprobs
 from rollout.engine import EngineError, GenerateRequest, SamplingParams
 
 SERVER_VERSION = f"ace-jax (SGLang {api.SGLANG_VERSION} API)"
@@ -52,8 +56,10 @@ class ServerState:
     """What every request handler shares."""
 
     def __init__(self, engine: JaxEngine, *, tokenizer=None, defaults: dict[str, Any] | None = None,
-                 batch_wait_s: float = 0.005):
+                 batch_wait_s: float = 0.005, model_name: str | None = None):
         self.engine = engine
+        self.model_name = model_name or engine.model_path or "default"
+        self.started = int(time.time())
         self.tokenizer = tokenizer
         self.defaults = defaults or {}
         self.batcher = Batcher(engine, max_wait_s=batch_wait_s, max_rows=engine.buckets.max_batch)
@@ -81,6 +87,32 @@ class ServerState:
         parsed = api.parse_generate(body, self.defaults, self.tokenizer)
         completions = self.batcher.submit(parsed.requests)
         return api.format_response(parsed, completions, time.perf_counter() - start, self.tokenizer)
+
+    def openai(self, body: Any, kind: str) -> tuple[openai_api.ParsedOpenAI, Any]:
+        """A chat (`kind="chat"`) or completions (`"text"`) request: the answer, or its stream chunks."""
+        cfg = self.engine.config
+        parsed = openai_api.parse(body, kind, model_name=self.model_name, tokenizer=self.tokenizer,
+                                  defaults=self.defaults, max_new_tokens=self.engine.buckets.generate[-1],
+                                  context=cfg.max_position_embeddings)
+        choices = openai_answer.make_choices(parsed, self.batcher.submit(parsed.requests), self.tokenizer)
+        tops = None
+        if parsed.top_logprobs:
+            prompts = [r.input_ids for r in parsed.requests for _ in range(r.n)]
+            with self.batcher.exclusive():
+                tops = [top_logprobs(self.engine, p, ch.token_ids, parsed.temperature, parsed.top_logprobs)
+                        for p, ch in zip(prompts, choices)]
+        fingerprint = f"ace-jax-{self.engine.weight_version}"
+        make = openai_answer.stream_chunks if parsed.stream else openai_answer.response
+        return parsed, make(parsed, choices, self.tokenizer, fingerprint=fingerprint, tops=tops)
+
+    def openai_model(self, name: str | None = None) -> dict[str, Any]:
+        """`/v1/models` (no name) or `/v1/models/{name}`."""
+        card = openai_answer.model_card(self.model_name, root=self.engine.model_path, created=self.started,
+                                        max_model_len=self.engine.config.max_position_embeddings)
+        if name is None:
+            return {"object": "list", "data": [card]}
+        openai_api.check_model(name, self.model_name)
+        return card
 
     def update_weights(self, body: Any) -> tuple[int, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("model_path"), str):
@@ -141,6 +173,48 @@ class Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._send(status, {"error": {"message": message}})
 
+    def _send_events(self, chunks: list[Any]) -> None:
+        """Server-sent events, chunked: one `data:` line per chunk, then `data: [DONE]`."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for event in [json.dumps(c) for c in chunks] + ["[DONE]"]:
+                data = f"data: {event}\n\n".encode()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _openai_route(self, method: str, path: str) -> None:
+        """/v1/...: OpenAI's routes, with OpenAI-shaped errors."""
+        kinds = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
+        try:
+            if path == "/v1/models" and method == "GET":
+                self._send(200, self.state.openai_model())
+            elif path.startswith("/v1/models/") and method == "GET":
+                self._send(200, self.state.openai_model(urllib.parse.unquote(path[len("/v1/models/"):])))
+            elif path in kinds and method == "POST":
+                try:
+                    body = self._body()
+                except api.RequestError as exc:
+                    raise openai_api.OpenAIError(str(exc)) from exc
+                parsed, answer = self.state.openai(body, kinds[path])
+                if parsed.stream:
+                    self._send_events(answer)
+                else:
+                    self._send(200, answer)
+            else:
+                self._send(404, openai_api.error_body(f"no route {method} {path}", "invalid_request_error"))
+        except openai_api.OpenAIError as exc:
+            self._send(exc.status, exc.body())
+        except (api.RequestError, ValueError, EngineError) as exc:
+            self._send(400, openai_api.error_body(str(exc), "invalid_request_error"))
+        except Exception as exc:  # noqa: BLE001 - the server keeps serving
+            self._send(500, openai_api.error_body(f"{type(exc).__name__}: {exc}"))
+
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -162,6 +236,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        if path.startswith("/v1/"):
+            return self._openai_route(method, path)
         state = self.state
         try:
             body = self._body() if method in ("POST", "PUT") else {}
@@ -196,9 +272,12 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(engine: JaxEngine, host: str = "127.0.0.1", port: int = 30000, *, tokenizer=None,
                 defaults: dict[str, Any] | None = None, batch_wait_s: float = 0.005,
-                quiet: bool = True) -> ThreadingHTTPServer:
-    """A bound (not yet serving) HTTP server; call `serve_forever()`, then `shutdown()`."""
-    state = ServerState(engine, tokenizer=tokenizer, defaults=defaults, batch_wait_s=batch_wait_s)
+                quiet: bool = True, model_name: str | None = None) -> ThreadingHTTPServer:
+    """A bound (not yet serving) HTTP server; call `serve_forever()`, then `shutdown()`.
+
+    `model_name` is the id OpenAI requests must name (default: the model directory)."""
+    state = ServerState(engine, tokenizer=tokenizer, defaults=defaults, batch_wait_s=batch_wait_s,
+                        model_name=model_name)
     handler = type("BoundHandler", (Handler,), {"state": state, "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

@@ -11,6 +11,8 @@ MODEL_TYPES = ("qwen3", "qwen3_moe")
 MOE_BACKENDS = ("auto", "dense", "ragged", "blocked")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
+ROUTER_DTYPES = ("compute", "float32")
+SUPPORTED_LAYER_TYPES = ("full_attention",)
 
 # Keys of config.json that we read; anything else is kept in `extra` and written back.
 _IGNORED_HF_KEYS = {
@@ -51,14 +53,22 @@ class Qwen3Config:
     bos_token_id: int | None = 151643
     eos_token_id: int | None = 151645
     pad_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()  # every stop id (config.json / generation_config.json lists)
     # runtime options
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     moe_backend: str = "auto"
     remat: str = "none"
+    # The router's gate matmul: in the compute dtype, as transformers and SGLang do (only the
+    # softmax in fp32), or in float32.
+    router_dtype: str = "compute"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mlp_only_layers", tuple(int(i) for i in self.mlp_only_layers))
+        eos_ids = tuple(int(i) for i in self.eos_token_ids)
+        if self.eos_token_id is not None and int(self.eos_token_id) not in eos_ids:
+            eos_ids = (int(self.eos_token_id),) + eos_ids
+        object.__setattr__(self, "eos_token_ids", eos_ids)
         self.validate()
 
     # ----------------------------------------------------------------------------- validation
@@ -95,7 +105,8 @@ class Qwen3Config:
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
             raise ValueError("config keys 'rms_norm_eps' and 'rope_theta' must be positive")
         for key, allowed in (("param_dtype", DTYPES), ("compute_dtype", DTYPES),
-                             ("moe_backend", MOE_BACKENDS), ("remat", REMAT_POLICIES)):
+                             ("moe_backend", MOE_BACKENDS), ("remat", REMAT_POLICIES),
+                             ("router_dtype", ROUTER_DTYPES)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config key {key!r} is {getattr(self, key)!r}; allowed: {list(allowed)}")
 
@@ -150,6 +161,10 @@ class Qwen3Config:
         model_type = data.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ValueError(f"unsupported model_type {model_type!r} in config; supported: {list(MODEL_TYPES)}")
+        _refuse_unsupported_attention(data)
+        eos_ids = _as_list(data.get("eos_token_id"))
+        if not isinstance(source, Mapping):
+            eos_ids += [i for i in _generation_eos_ids(path) if i not in eos_ids]
         rope = data.get("rope_parameters") or {}
         rope_theta = data.get("rope_theta", rope.get("rope_theta", 1_000_000.0))
         rope_type = rope.get("rope_type", "default")
@@ -172,8 +187,9 @@ class Qwen3Config:
             model_type=model_type,
             num_experts=int(num_experts or 0),
             bos_token_id=data.get("bos_token_id"),
-            eos_token_id=_first(data.get("eos_token_id")),
+            eos_token_id=eos_ids[0] if eos_ids else None,
             pad_token_id=data.get("pad_token_id"),
+            eos_token_ids=tuple(eos_ids),
         )
         if num_experts:
             kwargs.update(
@@ -237,7 +253,29 @@ class Qwen3Config:
         return out
 
 
-def _first(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return value[0] if value else None
-    return value
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _generation_eos_ids(config_path: str) -> list[int]:
+    """eos_token_id of the generation_config.json beside a config.json (Qwen3 lists two)."""
+    path = os.path.join(os.path.dirname(config_path), "generation_config.json")
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as f:
+            return _as_list(json.load(f).get("eos_token_id"))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: eos_token_id is not an id or a list of ids: {exc}") from exc
+
+
+def _refuse_unsupported_attention(data: Mapping[str, Any]) -> None:
+    """Sliding-window attention and other layer types are not implemented: refuse them by name."""
+    if data.get("use_sliding_window"):
+        raise ValueError(f"config key 'use_sliding_window' is true (sliding_window={data.get('sliding_window')}); "
+                         "only full attention is implemented")
+    other = sorted({t for t in data.get("layer_types") or () if t not in SUPPORTED_LAYER_TYPES})
+    if other:
+        raise ValueError(f"config key 'layer_types' has {other}; supported: {list(SUPPORTED_LAYER_TYPES)}")

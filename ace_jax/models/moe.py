@@ -27,9 +27,11 @@ class Routing(NamedTuple):
 
 
 def route(x: jax.Array, router: jax.Array, top_k: int, norm_topk_prob: bool,
-          forced_ids: jax.Array | None = None) -> Routing:
-    """Softmax router in fp32 then top-k; `forced_ids` [N, k] replays an engine's choice."""
-    logits = x.astype(jnp.float32) @ router.astype(jnp.float32)
+          forced_ids: jax.Array | None = None, gate_dtype: str = "compute") -> Routing:
+    """Gate matmul in x's dtype (`gate_dtype="compute"`, as transformers and SGLang) or fp32,
+    softmax in fp32, then top-k; `forced_ids` [N, k] replays an engine's choice."""
+    dtype = x.dtype if gate_dtype == "compute" else jnp.float32
+    logits = (x.astype(dtype) @ router.astype(dtype)).astype(jnp.float32)
     probs = jax.nn.softmax(logits, axis=-1)
     if forced_ids is None:
         weights, ids = jax.lax.top_k(probs, top_k)
@@ -119,13 +121,14 @@ class MoEStats(NamedTuple):
 def moe_block(x: jax.Array, router: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *,
               top_k: int, norm_topk_prob: bool, backend: str = "ragged",
               token_mask: jax.Array | None = None,
-              forced_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array, MoEStats]:
+              forced_ids: jax.Array | None = None,
+              router_dtype: str = "compute") -> tuple[jax.Array, jax.Array, MoEStats]:
     """Sparse MoE on x [N, H] with stacked experts gate/up [E, H, I], down [E, I, H].
 
     Returns (y [N, H], expert ids [N, k], stats).
     """
     backend = resolve_backend(backend)
-    routing = route(x, router, top_k, norm_topk_prob, forced_ids)
+    routing = route(x, router, top_k, norm_topk_prob, forced_ids, gate_dtype=router_dtype)
     ffn = expert_ffn(backend, BACKENDS[backend])  # expert parallelism when sharding hooks are active
     y = ffn(x, routing, gate.astype(x.dtype), up.astype(x.dtype), down.astype(x.dtype))
     num_experts = gate.shape[0]

@@ -112,7 +112,7 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
         y, ids, stats = moe_block(
             flat, p["router"], w["gate_proj"], w["up_proj"], w["down_proj"],
             top_k=cfg.num_experts_per_tok, norm_topk_prob=cfg.norm_topk_prob,
-            backend=cfg.moe_backend, token_mask=ctx["token_mask"],
+            backend=cfg.moe_backend, token_mask=ctx["token_mask"], router_dtype=cfg.router_dtype,
             forced_ids=None if forced_ids is None else forced_ids.reshape(b * t, -1))
         y = y.reshape(b, t, -1)
         ids = ids.reshape(b, t, -1)

@@ -66,9 +66,9 @@ def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:
 class HeldoutTracker:
     """Before/after held-out evaluation of one run directory."""
 
-    def __init__(self, run_dir: str, evaluate: Callable[[], dict[str, Any]]):
+    def __init__(self, run_dir: str, evaluate: Callable[[], dict[str, Any]], write: bool = True):
         self.path = os.path.join(run_dir, HELDOUT_FILE)
-        self.evaluate = evaluate
+        self.evaluate, self.write = evaluate, write   # multi-host: every process evaluates, one writes
         self.results: dict[str, Any] = {}
         if os.path.isfile(self.path):
             with open(self.path) as f:
@@ -79,8 +79,9 @@ class HeldoutTracker:
         if which not in ("before", "after"):
             raise ValueError(f"held-out evaluation is 'before' or 'after', got {which!r}")
         self.results[which] = self.evaluate()
-        with open(self.path, "w") as f:
-            json.dump(self.results, f, indent=2)
+        if self.write:
+            with open(self.path, "w") as f:
+                json.dump(self.results, f, indent=2)
         return self.results[which]
 
     def table(self) -> str:
@@ -109,4 +110,4 @@ def heldout_tracker(trainer) -> HeldoutTracker:
         return evaluate_policy(trainer.engine, trainer.codec, tasks, execute, steps=cfg.train.heldout_steps,
                                seeds=cfg.train.heldout_seeds, temperature=cfg.rollout.temperature,
                                max_new_tokens=cfg.rollout.max_new_tokens, limits=trainer.limits, seed=cfg.train.seed)
-    return HeldoutTracker(trainer.run_dir, evaluate)
+    return HeldoutTracker(trainer.run_dir, evaluate, write=getattr(trainer, "writer", True))

@@ -23,12 +23,14 @@ from flax import nnx
 
 from ace_jax.agent.codec import make_codec
 from ace_jax.agent.states import child_records, entry_state
-from ace_jax.config import ExperimentConfig
+from ace_jax.config import ConfigError, ExperimentConfig
 from ace_jax.curriculum import EvolvingBuffer, LearnabilitySampler, MetricsLog, plot_metrics
 from ace_jax.grpo import compute_advantages
 from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train.assemble import assemble_batch
 from ace_jax.train import run_dir as run_files
+from ace_jax.train.hosts import SharedExecutions, is_writer
+from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.exec_cache import make_execution_cache
@@ -96,13 +98,21 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, *, echo: Callable[[str], None] | None = None):
         self.cfg, self.echo = cfg, echo or (lambda line: print(line, flush=True))
         self.run_dir = cfg.train.run_dir
-        os.makedirs(self.run_dir, exist_ok=True)
+        self.writer = is_writer()  # only process 0 writes metrics, plots and run files
+        if not self.writer:
+            self.echo = lambda line: None
+        if self.writer:
+            os.makedirs(self.run_dir, exist_ok=True)
         self.tasks = select_tasks(cfg.env.tasks)
         self.task_ids = sorted(self.tasks)
         # The spec vocabulary covers every built-in task, so held-out evaluation can reuse it.
         self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks).values()), cfg.env.prompt_budget_tokens)
         model = build_model(cfg, self.codec.vocab_size, self.codec.pad_id, self.codec.stop_ids[0])
         self.model_config = model.config
+        try:
+            check_lengths(cfg, model.config.max_position_embeddings)
+        except LengthError as exc:
+            raise ConfigError(str(exc)) from exc
         opt_cfg = cfg.optimizer if cfg.optimizer.total_steps != OptimizerConfig().total_steps else \
             dataclasses.replace(cfg.optimizer, total_steps=max(cfg.train.steps, 1))
         self.optimizer = make_optimizer(opt_cfg)
@@ -120,7 +130,8 @@ class Trainer:
                                        state_sharding=self.placement.state_sharding)
         self.engine = self._make_engine(model)
         sandbox = make_sandbox(cfg.env.sandbox)
-        self.pool = WorkerPool(sandbox, cfg.env.workers)
+        # Each process executes its share of a step's executions; every process sees all results.
+        self.pool = SharedExecutions(WorkerPool(sandbox, cfg.env.workers), executed=lambda r: r.execution is not None)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
         self.exec_cache = make_execution_cache(cfg.env.cache_executions, cfg.env.exec_cache_dir, cfg.env.exec_cache_mb)
         self.buffer = EvolvingBuffer(cfg.curriculum)
@@ -130,7 +141,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
-        run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
+        if self.writer:
+            run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.heldout = heldout_tracker(self) if cfg.train.heldout_eval else None
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
@@ -140,7 +152,9 @@ class Trainer:
     def _make_engine(self, model):
         if self.cfg.rollout.engine == "jax":
             from ace_jax.inference.engine import JaxEngine
-            return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed)
+            rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step * self.cfg.rollout.oversample
+            return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed,
+                             buckets=engine_buckets(self.cfg, rows))
         from ace_jax.checkpoint import hf
         from rollout.sglang import SGLangEngine
         # SGLang loads weights from disk: the initial policy is exported once; every update
@@ -202,6 +216,7 @@ class Trainer:
             "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
             "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits,
             **({} if self.exec_cache is None else self.exec_cache.stats())}
+        record["executions"], record["executions_here"] = self.pool.take_counts()
         if n_informative:
             with self.placement.tracing():
                 self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
@@ -221,7 +236,8 @@ class Trainer:
         self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
 
     def warm_start(self) -> None:
-        """Behaviour cloning before the first RL step (spec mode, `train.warmstart_steps`)."""
+        """Behaviour cloning before the first RL step (`train.warmstart_steps`): spec menus in spec
+        mode, the tasks' reference solutions in code mode; with its own optimizer."""
         from ace_jax.train.warmstart import warm_start, warmstart_optimizer, warmstart_state
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
         sft = warmstart_optimizer(self.cfg.optimizer, self.cfg.train.warmstart_steps)  # its own moments and lr
@@ -239,40 +255,52 @@ class Trainer:
 
     def run(self, steps: int | None = None) -> dict[str, Any]:
         total = self.cfg.train.steps if steps is None else steps
-        if self.step == 0 and self.cfg.train.warmstart_steps and self.cfg.env.mode == "spec":
+        if self.step == 0 and self.cfg.train.warmstart_steps:
             self.warm_start()
         if self.heldout is not None and self.step == 0:
             self.heldout.measure("before")
         # Lines and events of steps after the checkpoint (a killed run) are dropped first.
-        metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
-        tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
+        if self.writer:
+            metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
+            tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
         first, times = self.step, []
         while self.step < total:
             record = self.train_step()
             self.history.append({k: v for k, v in record.items() if k != "curriculum"})
-            metrics_file.append(record)
-            tensorboard.write(record)
+            if self.writer:
+                metrics_file.append(record)
+                tensorboard.write(record)
             times.append(record["step_s"])
             rate = np.mean(times[-5:])
             eta = rate * (total - self.step)
+            self._echo_share(record)
             self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
                       f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
                       f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
                       f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
-                      f"buffer {record['buffer_size']} | {record['step_s']:.1f} s/step | ETA {eta:.0f} s")
+                      f"buffer {record['buffer_size']} | executions {record['executions']} | "
+                      f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
                 self.save()
         self.checkpointer.wait()
-        tensorboard.close()
+        if self.writer:
+            tensorboard.close()
         if self.heldout is not None and (self.step > first or "after" not in self.heldout.results):
             self.heldout.measure("after")
             self.echo(self.heldout.table())
         summary = self.finish(first)
         return summary
 
+    def _echo_share(self, record: dict[str, Any]) -> None:
+        if jax.process_count() > 1:
+            print(f"process {jax.process_index()}/{jax.process_count()}: executed {record['executions_here']} of "
+                  f"{record['executions']} executions in step {self.step}", flush=True)
+
     def finish(self, first_step: int) -> dict[str, Any]:
         from ace_jax.train.plots import plot_training
         plots = []
+        if not self.writer:
+            return {"run_dir": self.run_dir, "steps": self.step, "process": jax.process_index()}
         if self.history:
             plots.append(plot_training(self.history, os.path.join(self.run_dir, "training.png")))
         if self.curriculum_log.records:

@@ -15,7 +15,7 @@ import optax
 
 from ace_jax.models.constraints import use
 from ace_jax.train.batch import TrainBatch
-from ace_jax.train.sharded import batch_sharding_for, shard, train_state_sharding
+from ace_jax.train.sharded import batch_sharding_for, global_from_host, shard, train_state_sharding
 from ace_jax.train.state import TrainState
 
 
@@ -56,7 +56,7 @@ class MeshPlacement(Placement):
         return shard(state, self.state_sharding)
 
     def place_batch(self, batch: TrainBatch) -> TrainBatch:
-        return shard(batch, batch_sharding_for(batch, self.mesh, self.config.rules))
+        return global_from_host(batch, batch_sharding_for(batch, self.mesh, self.config.rules))
 
     @contextlib.contextmanager
     def tracing(self) -> Iterator[None]:

@@ -64,6 +64,18 @@ class ExecutionCache:
         return results
 
 
+class MissingLogprobs(RuntimeError):
+    """The engine returned a completion without per-token logprobs (the importance weights need them)."""
+
+
+def _engine_logprobs(completion) -> list[float]:
+    if completion.logprobs is None or len(completion.logprobs) != len(completion.token_ids):
+        got = None if completion.logprobs is None else len(completion.logprobs)
+        raise MissingLogprobs(f"the engine returned {got} logprobs for a completion of {len(completion.token_ids)} "
+                              "tokens; training needs one engine logprob per generated token")
+    return [float(x) for x in completion.logprobs]
+
+
 def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[str, Task],
             entry_ids: np.ndarray, states: Sequence[State], *, group_size: int, temperature: float,
             max_new_tokens: int, limits: Limits, seed: int, cache: ExecutionCache | None = None) -> RolloutRound:
@@ -71,13 +83,13 @@ def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[s
     prompts = [codec.encode_prompt(s, tasks[s.task_id]) for s in states]
     sampling = [SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
                                max_new_tokens=max_new_tokens, stop_token_ids=codec.stop_ids,
-                               seed=seed * 100_003 + i) for i in range(len(states))]
+                               seed=seed * 100_003 + i * group_size) for i in range(len(states))]
     requests = [GenerateRequest(p, s, n=group_size, return_logprob=True) for p, s in zip(prompts, sampling)]
     outputs = engine.generate(requests)
     items, completions, logprobs, truncated = [], [], [], []
     for state, samples in zip(states, outputs):
         completions.append([list(c.token_ids) for c in samples])
-        logprobs.append([list(c.logprobs or [0.0] * len(c.token_ids)) for c in samples])
+        logprobs.append([_engine_logprobs(c) for c in samples])
         truncated.append([c.finish_reason == "length" for c in samples])
         for c in samples:
             items.append((tasks[state.task_id], codec.decode_response(list(c.token_ids)), codec.mode,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -34,3 +35,12 @@ def batch_sharding_for(batch: TrainBatch, mesh, rules) -> TrainBatch:
 
 def shard(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(jax.device_put, tree, shardings)
+
+
+def global_from_host(tree: Any, shardings: Any) -> Any:
+    """Global arrays from host (NumPy) values that every process holds whole: each device
+    takes its own slice, so P processes contribute distinct rows (not P copies)."""
+    def one(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree, shardings)

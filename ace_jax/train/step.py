@@ -29,7 +29,8 @@ def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.
     # Chunk along each sequence (vmap over rows) so the batch axis stays sharded on a mesh; the
     # per-row chunk keeps the working set near `chunk_size` tokens for the whole micro-batch.
     row_chunk = max(16, chunk_size // input_ids.shape[0])
-    one = lambda h, y: chunked_logprobs(h[None], model.lm_head_weight(), y[None], temperature=temperature,  # noqa: E731
+    head = model.lm_head_weight().astype(out.hidden.dtype)  # the compute dtype, as forward and the engine
+    one = lambda h, y: chunked_logprobs(h[None], head, y[None], temperature=temperature,  # noqa: E731
                                         chunk_size=row_chunk, return_entropy=return_entropy)
     result = jax.vmap(one)(out.hidden[:, :-1], input_ids[:, 1:])
     result = tuple(r[:, 0] for r in result) if return_entropy else result[:, 0]

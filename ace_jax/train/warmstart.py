@@ -1,8 +1,9 @@
-"""Supervised warm start for spec-mode tiny models: a random policy almost never writes a
-valid spec, so GRPO would see only zero-variance groups. A few steps of behaviour cloning on
-a menu of grammatical specs (good and bad ones alike, no task knowledge) stand in for the
-pre-training a real model brings. It reuses the update step: with advantage 1, no importance
-weights and old = current logprobs, the PPO gradient is the log-likelihood gradient.
+"""Supervised warm start before RL: a policy that never writes a valid answer gives GRPO only
+zero-variance groups. Behaviour cloning on per-task targets: in spec mode a menu of
+grammatical specs (good and bad ones alike, no task knowledge), standing in for the
+pre-training a real model brings; in code mode the tasks' reference solutions rendered as
+chat answers (the SFT start of an MLE agent). It reuses the update step: with advantage 1, no
+importance weights and old = current logprobs, the PPO gradient is the log-likelihood gradient.
 
 The warm start has its own optimizer (`warmstart_optimizer`: the same AdamW at a constant
 learning rate) and its own moments: only its parameters pass on to RL, whose optimizer then
@@ -16,12 +17,12 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import optax
 
 from ace_jax.train.batch import make_batch
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.state import TrainState
+from rollout.env.reference_code import reference_responses
 from rollout.env.spec import ESTIMATORS
 from rollout.env.state import State
 from rollout.env.tasks import Task
@@ -66,17 +67,29 @@ def spec_menu(task: Task) -> list[str]:
     return menu
 
 
+def warmstart_targets(codec, tasks: dict[str, Task]) -> dict[str, list[list[int]]]:
+    """Completion ids to clone per task: the spec menu (spec mode) or reference answers (code mode)."""
+    if codec.mode == "spec":
+        texts = {t.id: spec_menu(t) for t in tasks.values()}
+    else:
+        texts = {t.id: reference_responses(t) for t in tasks.values()}
+    empty = sorted(k for k, v in texts.items() if not v)
+    if empty:
+        raise ValueError(f"warm start: tasks {empty} have no {'specs' if codec.mode == 'spec' else 'reference solutions'}")
+    return {k: [codec.encode_response(x) for x in v] for k, v in texts.items()}
+
+
 def warm_start(step_fn, state, codec, tasks: dict[str, Task], *, steps: int, rows: int, buckets: tuple[int, ...],
                seed: int, place_batch: Callable | None = None, echo: Callable[[str], None] = print):
-    """Run `steps` behaviour-cloning updates of `rows` (prompt, spec) pairs; returns the state."""
+    """Run `steps` behaviour-cloning updates of `rows` (prompt, target) pairs; returns the state."""
     rng = np.random.default_rng(seed)
     task_list = [tasks[k] for k in sorted(tasks)]
-    menus = {t.id: spec_menu(t) for t in task_list}
+    targets = warmstart_targets(codec, tasks)
     prompts_by_task = {t.id: codec.encode_prompt(State(t.id), t) for t in task_list}
     for i in range(steps):
         picks = [task_list[j] for j in rng.integers(len(task_list), size=rows)]
         prompts = [prompts_by_task[t.id] for t in picks]
-        completions = [codec.tokenizer.encode(str(rng.choice(menus[t.id])), add_eos=True) for t in picks]
+        completions = [targets[t.id][rng.integers(len(targets[t.id]))] for t in picks]
         batch = make_batch(prompts, completions, np.ones(rows, np.float32),
                            [[0.0] * len(c) for c in completions], pad_id=codec.pad_id, buckets=buckets)
         state, metrics = step_fn(state, place_batch(batch) if place_batch else jax.tree.map(jnp.asarray, batch))

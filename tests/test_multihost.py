@@ -1,0 +1,87 @@
+"""A multi-host launch on one machine: 2 processes x 4 CPU devices joined by jax.distributed
+on localhost equal 1 process x 8 devices on the same mesh and seed (rewards, losses,
+executions, one metrics line per step), each rollout executed once, and the run exports."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ace_jax.commands.demo import DEMO_CONFIG
+
+STEPS = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overrides(run_dir: Path) -> list[str]:
+    return [f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60", "train.checkpoint_every=1",
+            "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "env.sandbox=bwrap",
+            "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64]", "mesh=fsdp_ep",
+            "train.heldout_eval=false"]
+
+
+def _launch(run_dir: Path, devices: int, processes: int) -> list[str]:
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                       JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ace_jax.cli", "train", "--config", str(DEMO_CONFIG), *_overrides(run_dir)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=1200)
+        assert p.returncode == 0, out[-4000:]
+        outputs.append(out)
+    return outputs
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_on_the_same_mesh(tmp_path):
+    single = tmp_path / "single"
+    _launch(single, devices=8, processes=1)
+    multi = tmp_path / "multi"
+    outputs = _launch(multi, devices=4, processes=2)
+
+    one, two = _metrics(single), _metrics(multi)
+    assert [r["step"] for r in two] == list(range(STEPS))      # one line per step, written by process 0
+    for a, b in zip(one, two):
+        for key in ("reward_mean", "valid_rate", "informative_groups", "executions", "cached_executions"):
+            assert a[key] == b[key], (key, a[key], b[key])
+        for key in ("loss", "grad_norm"):
+            if key in a:
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # Each rollout executed once: the two shares add up to the step's executions.
+    for step, record in enumerate(two, start=1):
+        shares = []
+        for i, out in enumerate(outputs):
+            line = next(ln for ln in out.splitlines() if ln.startswith(f"process {i}/2: executed") and
+                        ln.endswith(f"in step {step}"))
+            shares.append(int(line.split("executed ")[1].split(" of ")[0]))
+            assert int(line.split(" of ")[1].split()[0]) == record["executions"]
+        assert sum(shares) == record["executions"]
+    assert "step 1/2" in outputs[0] and "step 1/2" not in outputs[1]  # process 0 alone reports
+
+    out = tmp_path / "export"
+    done = subprocess.run([sys.executable, "-m", "ace_jax.cli", "export", "--run", str(multi), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    import transformers
+    transformers.AutoModelForCausalLM.from_pretrained(out)

@@ -23,8 +23,15 @@ _SEED_STRIDE = 7919
 
 
 def pool_executor(pool, cache=None) -> Execute:
-    """Items through the execution cache when there is one, else straight to the pool."""
-    return (lambda items: cache.run(pool, items)) if cache is not None else (lambda items: pool.map(_run_one, items))
+    """Items through the execution cache when there is one, else straight to the pool.
+    Evaluations run between training steps, so the pool's execution counts (`take_counts`,
+    the per-step `executions` metric) are emptied after each batch: they are no step's."""
+    def execute(items: list) -> list:
+        results = cache.run(pool, items) if cache is not None else pool.map(_run_one, items)
+        if hasattr(pool, "take_counts"):
+            pool.take_counts()
+        return results
+    return execute
 
 
 def spread(values: list[float]) -> dict[str, float]:

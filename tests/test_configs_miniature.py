@@ -60,7 +60,7 @@ def _shrink(config: Path, tmp_path: Path) -> list[str]:
         return common + [f"model.hf={hf_dir}", "model.preset=null", "env.prompt_budget_tokens=640",
                          "rollout.max_new_tokens=48", "train.length_buckets=[1024]", "train.logprob_chunk=512",
                          "train.warmstart_steps=3"]
-    return common + ["train.length_buckets=[64]", "train.warmstart_steps=100"]
+    return common + ["train.length_buckets=[64,128]", "train.warmstart_steps=100"]
 
 
 @pytest.mark.slow

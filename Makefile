@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/ace-jax tasks prepare  # built-in tasks and their tuned references (once per machine)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exec": ("exec_script", "run one script against one task in a sandbox"),
     "eval": ("eval", "evaluate a policy on a task set"),
     "report": ("report", "summarize a run directory"),
+    "ablate": ("ablate", "compare curricula (arms x seeds) on a fixed evaluation"),
 }
 
 

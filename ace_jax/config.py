@@ -52,6 +52,8 @@ class EnvSection:
     tasks: str = "train"                # built-in split or a directory of tasks
     prompt_budget_tokens: int = 6000
     cache_executions: bool = True       # deterministic scripts: a repeated response is not re-run
+    exec_cache_dir: str = ""            # the persistent execution cache ("" = $ACE_JAX_HOME or ~/.cache/ace-jax)
+    exec_cache_mb: int = 512            # its size bound on disk
     executor: str = "local"             # "local" (threads here) or "ray" (sandbox actors; the 'ray' extra)
     ray_address: str = ""               # ray: "" starts a local cluster (or RAY_ADDRESS), "auto", "ray://head:10001"
     ray_actors: int = 1                 # ray: actors, each with env.workers sandbox slots
@@ -68,6 +70,10 @@ class TrainSection:
     length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
     logprob_chunk: int = 1024
     warmstart_steps: int = 0            # spec mode: behaviour cloning on grammatical specs first
+    heldout_eval: bool = False          # evaluate on heldout_tasks before the first RL step and at the end
+    heldout_tasks: str = "heldout"      # built-in split or a tasks directory
+    heldout_steps: int = 4              # agent steps per task
+    heldout_seeds: int = 3              # sampled evaluations at rollout.temperature (plus one greedy)
 
 
 _SECTIONS = {

@@ -27,7 +27,8 @@ def _overrides(run_dir: Path) -> list[str]:
     return [f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60", "train.checkpoint_every=1",
             "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.temperature=0.3",
             "env.sandbox=bwrap",
-            "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64,128]", "mesh=fsdp_ep"]
+            "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64,128]", "mesh=fsdp_ep",
+            "train.heldout_eval=false"]
 
 
 def _launch(run_dir: Path, devices: int, processes: int) -> list[str]:

@@ -13,11 +13,14 @@ from ace_jax.train.loop import Trainer
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+def _overrides(run_dir, steps):
+    return [f"train.run_dir={run_dir}", f"train.steps={steps}", "train.warmstart_steps=2", "train.checkpoint_every=1",
+            "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=8",
+            "env.sandbox=bwrap", "env.timeout_s=30", "curriculum.capacity=64", "train.length_buckets=[64]"]
+
+
 def _config(run_dir, steps):
-    return load_config(DEMO_CONFIG, [
-        f"train.run_dir={run_dir}", f"train.steps={steps}", "train.warmstart_steps=2", "train.checkpoint_every=1",
-        "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=8",
-        "env.sandbox=bwrap", "env.timeout_s=30", "curriculum.capacity=64", "train.length_buckets=[64]"])
+    return load_config(DEMO_CONFIG, [*_overrides(run_dir, steps), "train.heldout_eval=false"])
 
 
 @pytest.mark.slow
@@ -31,9 +34,11 @@ def test_loop_runs_checkpoints_and_resumes(tmp_path):
         sampler_state = trainer.sampler.state_dict()
     finally:
         trainer.close()
-    assert summary["steps"] == 2 and summary["optimizer_steps"] >= 2  # warm start steps count too
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1]
+    # RL updates only: the warm start has its own optimizer and step count.
+    updates = sum("update_skipped_no_signal" not in r for r in records)
+    assert summary["steps"] == 2 and summary["optimizer_steps"] == updates - summary["skipped_updates"]
     for r in records:
         assert r["states"] == 2 and 0.0 <= r["reward_mean"] <= 1.0 and "curriculum" in r
     for name in ("training.png", "curriculum.png"):
@@ -85,6 +90,7 @@ def test_report_and_eval_of_a_run(tmp_path, capsys):
 def test_loop_on_a_mesh_of_8_devices(tmp_path):
     cfg = load_config(DEMO_CONFIG, [
         f"train.run_dir={tmp_path / 'run'}", "train.steps=1", "train.warmstart_steps=2", "mesh=fsdp_ep",
+        "train.heldout_eval=false",
         "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=8",
         "env.sandbox=bwrap", "curriculum.capacity=64", "train.length_buckets=[64]"])
     lines = []
@@ -121,3 +127,31 @@ def test_hf_start_on_a_mesh_loads_sharded(tmp_path):
         assert trainer.state.params["embed"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     finally:
         trainer.close()
+
+
+def _run_with_heldout(run_dir, steps):
+    cfg = load_config(DEMO_CONFIG, [*_overrides(run_dir, steps), "train.heldout_seeds=2", "train.heldout_steps=2"])
+    assert cfg.train.heldout_eval  # the demo config turns it on
+    trainer = Trainer(cfg, echo=lambda s: None)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_heldout_before_and_after_are_in_the_summary_and_survive_a_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    summary = _run_with_heldout(run_dir, 1)
+    before, after = summary["heldout_before"], summary["heldout_after"]
+    for result in (before, after):
+        assert result["tasks"] == 4 and result["seeds"] == 2 and result["temperature"] == 1.0
+        assert set(result["greedy"]) == set(result["sampled"]) == {
+            "valid_rate", "any_medal_rate", "mean_best_q", "mean_steps_to_first_valid"}
+        for m in result["sampled"].values():
+            assert m["std"] >= 0.0 and 0.0 <= m["mean"] <= 3.0
+        assert 1.0 <= result["greedy"]["mean_steps_to_first_valid"] <= 3.0
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["heldout_before"] == before
+    summary = _run_with_heldout(run_dir, 2)
+    assert summary["heldout_before"] == before and summary["steps"] == 2

@@ -13,6 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     from ace_jax.commands.train import train_from
 
-    return train_from(str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None, args.overrides)
+    started = time.perf_counter()
+    code = train_from(str(DEMO_CONFIG) if DEMO_CONFIG.is_file() else None, args.overrides)
+    print(f"demo wall time: {time.perf_counter() - started:.0f} s")
+    return code

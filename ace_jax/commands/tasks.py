@@ -1,4 +1,4 @@
-"""`ace-jax tasks list | prepare | import-mlebench DIR`: the MLE tasks on disk."""
+"""`ace-jax tasks list | prepare | headroom | import-mlebench DIR`: the MLE tasks on disk."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prep = sub.add_parser("prepare", help="build the built-in tasks from scikit-learn datasets")
     prep.add_argument("--force", action="store_true", help="rebuild even tasks that are current")
     prep.add_argument("--only", nargs="+", default=None, metavar="ID", help="prepare only these built-in tasks")
+    sub.add_parser("headroom", help="per built-in task: q of its reference specs, of a default spec and of the medals")
     imp = sub.add_parser("import-mlebench", help="convert competitions prepared by mle-bench")
     imp.add_argument("data_dir", metavar="DIR", help="mle-bench data directory (<DIR>/<id>/prepared/{public,private})")
     imp.add_argument("--competitions", default=None,
@@ -35,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "prepare":
         tasks = prepare_builtin(args.dir, ids=args.only, force=args.force, progress=progress)
         print(f"{len(tasks)} tasks in {default_tasks_dir(args.dir)}")
+        return 0
+    if args.action == "headroom":
+        from rollout.env.builtin_tasks import BUILTIN_TASKS
+        from rollout.env.headroom import headroom_table, task_headroom
+        tasks = ensure_tasks(args.dir, progress=progress)
+        print(headroom_table([task_headroom(tasks[b.id], b.references) for b in BUILTIN_TASKS if b.id in tasks]))
         return 0
     from rollout.env.mlebench_import import import_mlebench
 

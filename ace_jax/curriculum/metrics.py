@@ -72,6 +72,14 @@ class MetricsLog:
     def plot(self, path: str | os.PathLike) -> None:
         plot_metrics(self.records, path)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the log exactly (JSON-ready)."""
+        return {"records": [dict(r) for r in self.records], "last_evictions": self._last_evictions}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = [dict(r) for r in state["records"]]
+        self._last_evictions = int(state["last_evictions"])
+
 
 def plot_metrics(records: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     """Six panels: LP histogram over steps, frontier fraction, size, depths, evictions, roots."""

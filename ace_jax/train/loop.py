@@ -33,8 +33,12 @@ from ace_jax.train.hosts import SharedExecutions, is_writer
 from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from ace_jax.train.rollouts import ExecutionCache, collect
-from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
+from ace_jax.train.exec_cache import make_execution_cache
+from ace_jax.train.rollouts import collect
+from ace_jax.train.heldout import heldout_tracker
+from ace_jax.train.metrics_file import METRICS_FILE, MetricsFile
+from ace_jax.train.run_state import pack_curriculum, unpack_curriculum, unpack_curriculum_log
+from ace_jax.train.tensorboard import TensorBoardWriter
 from ace_jax.train.state import create_train_state
 from ace_jax.train.step import make_train_step
 from rollout.env.prepare import ensure_tasks
@@ -131,7 +135,7 @@ class Trainer:
         # Each process executes its share of a step's executions; every process sees all results.
         self.pool = SharedExecutions(executor, executed=lambda r: r.execution is not None)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
-        self.exec_cache = ExecutionCache() if cfg.env.cache_executions else None
+        self.exec_cache = make_execution_cache(cfg.env.cache_executions, cfg.env.exec_cache_dir, cfg.env.exec_cache_mb)
         self.buffer = EvolvingBuffer(cfg.curriculum)
         self.buffer.add_roots(np.arange(len(self.task_ids)))
         self.sampler = LearnabilitySampler(seed=cfg.train.seed)
@@ -142,6 +146,7 @@ class Trainer:
         if self.writer:
             run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
+        self.heldout = heldout_tracker(self) if cfg.train.heldout_eval else None
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
                   f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
                   f"sandbox {executor.sandbox_name} ({executor.name})")
@@ -176,6 +181,9 @@ class Trainer:
         if restored.meta and "buffer" in restored.meta:  # absent in a run made by `ace-jax import`
             self.buffer, sampler_state, self.history = unpack_curriculum(restored.arrays, restored.meta)
             self.sampler.load_state_dict(sampler_state)
+            log_state = unpack_curriculum_log(restored.arrays, restored.meta)
+            if log_state is not None:
+                self.curriculum_log.load_state_dict(log_state)
         self.engine.update_weights(self.state.params)
         self.echo(f"resumed {self.run_dir} at step {self.step}")
 
@@ -200,7 +208,7 @@ class Trainer:
             rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
             std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
         batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, cfg.train.length_buckets,
-                                              self.codec.pad_id)
+                                              self.codec.pad_id, rng=np.random.default_rng([cfg.train.seed, self.step]))
         record: dict[str, Any] = {
             "step": self.step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
             "valid_rate": float(np.mean([[r.valid for r in row] for row in rollouts.results])),
@@ -209,7 +217,8 @@ class Trainer:
             "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
             "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
-            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
+            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits,
+            **({} if self.exec_cache is None else self.exec_cache.stats())}
         record["executions"], record["executions_here"] = self.pool.take_counts()
         if n_informative:
             with self.placement.tracing():
@@ -225,39 +234,48 @@ class Trainer:
 
     # ------------------------------------------------------------------------- the run
     def save(self) -> None:
-        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history)
+        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history,
+                                       self.curriculum_log.state_dict())
         self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
 
     def warm_start(self) -> None:
         """Behaviour cloning before the first RL step (`train.warmstart_steps`): spec menus in spec
-        mode, the tasks' reference solutions in code mode."""
-        from ace_jax.train.warmstart import warm_start
+        mode, the tasks' reference solutions in code mode; with its own optimizer."""
+        from ace_jax.train.warmstart import warm_start, warmstart_optimizer, warmstart_state
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
-        sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
+        sft = warmstart_optimizer(self.cfg.optimizer, self.cfg.train.warmstart_steps)  # its own moments and lr
+        sft_step = make_train_step(self.graphdef, sft.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
                                    temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
-                                   state_sharding=self.placement.state_sharding,
+                                   learning_rate=sft.schedule, state_sharding=self.placement.state_sharding,
                                    completion_window=self.cfg.rollout.max_new_tokens)
         rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step
         self.warmstart_step_fn = sft_step
         with self.placement.tracing():
-            self.state = warm_start(sft_step, self.state, self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
-                                    rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
-                                    max_new_tokens=self.cfg.rollout.max_new_tokens,
-                                    place_batch=self.placement.place_batch, echo=self.echo)
+            warmed = warm_start(sft_step, self.placement.place_state(warmstart_state(self.state, sft.optimizer)),
+                                self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
+                                rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
+                                max_new_tokens=self.cfg.rollout.max_new_tokens,
+                                place_batch=self.placement.place_batch, echo=self.echo)
+        self.state = self.state._replace(params=warmed.params)  # RL optimizer and schedule untouched
         self.engine.update_weights(self.state.params, weight_version="warmstart")
 
     def run(self, steps: int | None = None) -> dict[str, Any]:
         total = self.cfg.train.steps if steps is None else steps
         if self.step == 0 and self.cfg.train.warmstart_steps:
             self.warm_start()
-        metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        if self.heldout is not None and self.step == 0:
+            self.heldout.measure("before")
+        # Lines and events of steps after the checkpoint (a killed run) are dropped first.
+        if self.writer:
+            metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
+            tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
         first, times = self.step, []
         while self.step < total:
             record = self.train_step()
             self.history.append({k: v for k, v in record.items() if k != "curriculum"})
             if self.writer:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                metrics_file.append(record)
+                tensorboard.write(record)
             times.append(record["step_s"])
             rate = np.mean(times[-5:])
             eta = rate * (total - self.step)
@@ -271,6 +289,11 @@ class Trainer:
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
                 self.save()
         self.checkpointer.wait()
+        if self.writer:
+            tensorboard.close()
+        if self.heldout is not None and (self.step > first or "after" not in self.heldout.results):
+            self.heldout.measure("after")
+            self.echo(self.heldout.table())
         summary = self.finish(first)
         return summary
 
@@ -297,7 +320,7 @@ class Trainer:
                    "engine_compiles": getattr(self.engine, "compile_count", None),
                    "train_step_compiles": self.step_fn._cache_size(),
                    "warmstart_step_compiles": self.warmstart_step_fn._cache_size() if self.warmstart_step_fn else 0,
-                   "plots": plots}
+                   "plots": plots, **(self.heldout.summary() if self.heldout is not None else {})}
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         return summary

@@ -34,13 +34,21 @@ def _join(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     return value
 
 
-def pack_curriculum(buffer: EvolvingBuffer, sampler_state: Mapping[str, Any],
-                    history: list[dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, meta) for `TrainCheckpointer.save`: buffer, sampler RNG and metric history."""
+def pack_curriculum(buffer: EvolvingBuffer, sampler_state: Mapping[str, Any], history: list[dict[str, Any]],
+                    curriculum_log: Mapping[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, meta) for `TrainCheckpointer.save`: buffer, sampler RNG, metric history and
+    the curriculum metrics log (`MetricsLog.state_dict()`)."""
     arrays: dict[str, np.ndarray] = {}
     meta = {"buffer": _split(buffer.state_dict(), "buffer", arrays),
             "sampler": _split(dict(sampler_state), "sampler", arrays), "history": _split(history, "history", arrays)}
+    if curriculum_log is not None:
+        meta["curriculum_log"] = _split(dict(curriculum_log), "curriculum_log", arrays)
     return arrays, meta
+
+
+def unpack_curriculum_log(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The `MetricsLog` state saved by `pack_curriculum`, or None for a checkpoint without one."""
+    return _join(meta["curriculum_log"], arrays) if "curriculum_log" in meta else None
 
 
 def unpack_curriculum(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]):

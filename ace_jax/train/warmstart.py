@@ -3,23 +3,53 @@ zero-variance groups. Behaviour cloning on per-task targets: in spec mode a menu
 grammatical specs (good and bad ones alike, no task knowledge), standing in for the
 pre-training a real model brings; in code mode the tasks' reference solutions rendered as
 chat answers (the SFT start of an MLE agent). It reuses the update step: with advantage 1, no
-importance weights and old = current logprobs, the PPO gradient is the log-likelihood gradient."""
+importance weights and old = current logprobs, the PPO gradient is the log-likelihood gradient.
+
+The warm start has its own optimizer (`warmstart_optimizer`: the same AdamW at a constant
+learning rate) and its own moments: only its parameters pass on to RL, whose optimizer then
+starts fresh, at step 0 of the warmup and cosine schedule sized for `train.steps`."""
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ace_jax.train.batch import make_batch
+from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from ace_jax.train.state import TrainState
 from rollout.env.reference_code import reference_responses
 from rollout.env.spec import ESTIMATORS
 from rollout.env.state import State
 from rollout.env.tasks import Task
 
 _GRID = {"int": (2, 8, 50), "float": (0.1, 1.0)}
+
+
+class WarmStartOptimizer(NamedTuple):
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+
+
+def warmstart_optimizer(rl: OptimizerConfig, steps: int) -> WarmStartOptimizer:
+    """The warm start's own AdamW: the RL settings at a constant learning rate (no warmup, no decay).
+    Its state tree has the RL optimizer's structure, so the same sharding places it."""
+    cfg = dataclasses.replace(rl, warmup_steps=0, total_steps=max(int(steps), 1), min_lr_ratio=1.0)
+    return WarmStartOptimizer(make_optimizer(cfg), learning_rate_schedule(cfg))
+
+
+def warmstart_state(rl_state: TrainState, optimizer: optax.GradientTransformation) -> TrainState:
+    """A train state for the warm start: the RL state's parameters with fresh moments of `optimizer`.
+    The update step donates its input, so everything but the parameters (which the warm start's
+    replace) is a copy: the RL state's own arrays stay alive."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731
+    return TrainState(params=rl_state.params, opt_state=optimizer.init(rl_state.params),
+                      step=jnp.zeros_like(rl_state.step), rng=copy(rl_state.rng), skipped=copy(rl_state.skipped),
+                      ref_params=None if rl_state.ref_params is None else copy(rl_state.ref_params))
 
 
 def spec_menu(task: Task) -> list[str]:

@@ -22,8 +22,9 @@ from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
 from rollout.env import solution_template
-from rollout.env.builtin_tasks import BUILTIN_TASKS, BUILTIN_VERSION, BuiltinTask
+from rollout.env.builtin_tasks import BUILTIN_TASKS, BUILTIN_VERSION, TUNING_GRID, BuiltinTask
 from rollout.env.graders import grade_bytes
+from rollout.env.medals import medal_thresholds
 from rollout.env.metrics import aligned, get_metric
 from rollout.env.spec import parse_spec
 from rollout.env.tasks import (Task, TaskConfig, TaskError, default_tasks_dir, load_task, load_tasks, write_csv,
@@ -128,16 +129,18 @@ def prepare_one(b: BuiltinTask, dest: Path) -> Task:
     if not baseline.valid:
         raise TaskError(f"builtin task {b.id}: its sample submission is invalid: {baseline.reason}")
     measured = {}
-    for spec in b.references:
+    for spec in dict.fromkeys(b.references + TUNING_GRID[metric.kind]):
         result = grade_bytes(provisional, run_reference(provisional, spec), answers_str)
         if not result.valid:
             raise TaskError(f"builtin task {b.id}: reference {spec!r} is invalid: {result.reason}")
         measured[spec] = result.score
-    scores = sorted(measured.values(), key=lambda s: aligned(metric.direction, s), reverse=True)
-    if aligned(metric.direction, scores[-1]) <= aligned(metric.direction, baseline.score):
-        raise TaskError(f"builtin task {b.id}: weakest reference {scores[-1]} does not beat the baseline {baseline.score}")
-    final = replace(cfg, baseline_score=baseline.score, reference_score=scores[0],
-                    medals=dict(zip(("gold", "silver", "bronze"), scores)), references=measured)
+    weakest = min((measured[s] for s in b.references), key=lambda s: aligned(metric.direction, s))
+    if aligned(metric.direction, weakest) <= aligned(metric.direction, baseline.score):
+        raise TaskError(f"builtin task {b.id}: weakest reference {weakest} does not beat the baseline {baseline.score}")
+    leaderboard = list(measured.values())
+    best = max(leaderboard, key=lambda s: aligned(metric.direction, s))
+    final = replace(cfg, baseline_score=baseline.score, reference_score=best,
+                    medals=medal_thresholds(leaderboard, metric.direction), references=measured)
     write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
     shutil.rmtree(dest, ignore_errors=True)
     os.rename(staging, dest)

@@ -1,0 +1,234 @@
+"""The curriculum ablation: arms x seeds of one experiment, the same budget per arm, compared
+on a fixed evaluation rather than on training reward (each arm picks its own states).
+
+Arms change only the curriculum: `frontier` (the default Learnability Potential), `variance`,
+`p1mp`, `uniform`, and `roots-only` (`curriculum.max_children=0`: no child states). Every
+`eval_every` steps each run is evaluated the same way on the fixed set: the held-out tasks and
+the training tasks' roots, greedily and with `eval_seeds` seeds at the training temperature.
+Per arm: training steps and rollouts (executions) until the fixed evaluation's target metric
+reaches `target`, and the held-out results at the end, as mean and spread over seeds.
+
+The warm start depends only on the seed, so it runs once per seed and its parameters are
+reused by the other arms; the persistent execution cache makes repeated scripts free.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from ace_jax.config import ExperimentConfig, load_config
+from ace_jax.evaluate import METRICS
+from ace_jax.train.heldout import evaluate_policy, pool_executor, spread
+
+ARMS: dict[str, tuple[str, ...]] = {
+    "frontier": ("curriculum.potential=frontier",),
+    "variance": ("curriculum.potential=variance",),
+    "p1mp": ("curriculum.potential=p1mp",),
+    "uniform": ("curriculum.potential=uniform",),
+    "roots-only": ("curriculum.max_children=0",),
+}
+SETS = ("heldout", "roots")   # the fixed evaluation: held-out tasks, training tasks from their roots
+
+
+@dataclasses.dataclass(frozen=True)
+class AblationPlan:
+    config: str | None
+    overrides: tuple[str, ...] = ()
+    arms: tuple[str, ...] = tuple(ARMS)
+    seeds: int = 3
+    eval_every: int = 5
+    eval_seeds: int = 2
+    target_metric: str = "roots.greedy.mean_best_q"   # best-of-K sampled q saturates right after the warm start
+    target: float = 0.9
+    out: str = "runs/ablation"
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; allowed: {list(ARMS)}")
+        if self.seeds < 1 or self.eval_every < 1 or self.eval_seeds < 0:
+            raise ValueError("seeds and eval_every must be >= 1 and eval_seeds >= 0")
+        s, kind, metric = (self.target_metric.split(".") + ["", ""])[:3]
+        if s not in SETS or kind not in ("greedy", "sampled") or metric not in METRICS:
+            raise ValueError(f"target metric {self.target_metric!r} must be <{'|'.join(SETS)}>.<greedy|sampled>."
+                             f"<{'|'.join(METRICS)}>")
+
+
+def metric_value(evaluation: dict[str, Any], name: str) -> float:
+    """`set.kind.metric` of one fixed evaluation (sampled metrics: their mean over seeds)."""
+    s, kind, metric = name.split(".")
+    value = evaluation[s][kind][metric]
+    return float(value["mean"] if kind == "sampled" else value)
+
+
+def first_reaching(points: Sequence[dict[str, Any]], name: str, target: float) -> dict[str, Any] | None:
+    """The first evaluation point whose metric reaches `target` (lower is better for steps to first valid)."""
+    lower = name.endswith("mean_steps_to_first_valid")
+    for p in points:
+        v = metric_value(p["eval"], name)
+        if (v <= target) if lower else (v >= target):
+            return p
+    return None
+
+
+def arm_config(plan: AblationPlan, arm: str, seed: int, warm: bool) -> ExperimentConfig:
+    cfg = load_config(plan.config, [*plan.overrides, *ARMS[arm], f"train.seed={seed}",
+                                    f"train.run_dir={os.path.join(plan.out, arm, f'seed{seed}')}",
+                                    "train.heldout_eval=false"])
+    return cfg if warm else dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmstart_steps=0))
+
+
+def run_one(plan: AblationPlan, arm: str, seed: int, warm_params: dict[int, Any],
+            echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Train one (arm, seed) for the config's `train.steps`; the fixed evaluation every `eval_every` steps."""
+    from ace_jax.train.loop import Trainer, select_tasks
+
+    cfg = arm_config(plan, arm, seed, warm=seed not in warm_params)
+    trainer = Trainer(cfg, echo=lambda line: None)
+    try:
+        if trainer.step == 0 and seed in warm_params:   # the seed's warm start, run by an earlier arm
+            trainer.state = trainer.state._replace(params=jax.tree.map(jax.numpy.asarray, warm_params[seed]))
+            trainer.engine.update_weights(trainer.state.params, weight_version="warmstart")
+        trainer.run(0 if trainer.step == 0 else trainer.step)      # the warm start, when this arm runs it
+        if seed not in warm_params:
+            warm_params[seed] = jax.tree.map(np.asarray, trainer.state.params)
+        sets = {"heldout": select_tasks("heldout"), "roots": trainer.tasks}
+        execute = pool_executor(trainer.pool, trainer.exec_cache)
+
+        def fixed_eval() -> dict[str, Any]:
+            return {name: evaluate_policy(trainer.engine, trainer.codec, tasks, execute,
+                                          steps=cfg.train.heldout_steps, seeds=plan.eval_seeds,
+                                          temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                                          limits=trainer.limits, seed=1_000 + seed) for name, tasks in sets.items()}
+
+        points = []
+        while True:
+            rollouts = sum(h["states"] for h in trainer.history) * cfg.rollout.group_size
+            reward = float(np.mean([h["reward_mean"] for h in trainer.history[-plan.eval_every:]])) \
+                if trainer.history else float("nan")
+            points.append({"arm": arm, "seed": seed, "step": trainer.step, "rollouts": rollouts,
+                           "train_reward": reward, "eval": fixed_eval()})
+            echo(f"{arm} seed {seed} step {trainer.step}: {plan.target_metric} "
+                 f"{metric_value(points[-1]['eval'], plan.target_metric):.3f} | train reward {reward:.3f}")
+            if trainer.step >= cfg.train.steps:
+                return points
+            trainer.run(min(trainer.step + plan.eval_every, cfg.train.steps))
+    finally:
+        trainer.close()
+
+
+def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan) -> dict[str, Any]:
+    """Steps and rollouts to the target (mean and spread over the seeds that reach it) and the
+    final held-out metrics (mean and spread over seeds)."""
+    seeds = sorted({p["seed"] for p in points})
+    runs = [[p for p in points if p["seed"] == s] for s in seeds]
+    reached = [first_reaching(r, plan.target_metric, plan.target) for r in runs]
+    hit = [p for p in reached if p is not None]
+    final = [r[-1]["eval"]["heldout"] for r in runs]
+    return {
+        "seeds": len(seeds), "reached": len(hit),
+        "steps_to_target": spread([p["step"] for p in hit]) if hit else None,
+        "rollouts_to_target": spread([p["rollouts"] for p in hit]) if hit else None,
+        "final_heldout_greedy": {m: spread([f["greedy"][m] for f in final]) for m in METRICS},
+        "final_heldout_sampled": {m: spread([f["sampled"][m]["mean"] for f in final]) for m in METRICS}
+        if plan.eval_seeds else {},
+        "final_target_metric": spread([metric_value(r[-1]["eval"], plan.target_metric) for r in runs]),
+    }
+
+
+def _pm(s: dict[str, float] | None, fmt: str = ".3f") -> str:
+    return "-" if s is None else f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+
+
+def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: int) -> str:
+    lines = [f"Target: `{plan.target_metric}` >= {plan.target} on the fixed evaluation (held-out tasks and training "
+             f"roots, every {plan.eval_every} steps, greedy + {plan.eval_seeds} seeds). {steps} training steps per run, "
+             f"{plan.seeds} seed(s) per arm; mean ± spread (std over seeds; steps and rollouts over the seeds that "
+             "reach the target).", "",
+             "| arm | reached | steps to target | rollouts to target | final target metric | held-out mean best q "
+             "(sampled) | held-out valid rate (sampled) | held-out mean best q (greedy) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm, s in summaries.items():
+        sampled = s["final_heldout_sampled"]
+        lines.append(f"| {arm} | {s['reached']}/{s['seeds']} | {_pm(s['steps_to_target'], '.1f')} | "
+                     f"{_pm(s['rollouts_to_target'], '.0f')} | {_pm(s['final_target_metric'])} | "
+                     f"{_pm(sampled.get('mean_best_q'))} | {_pm(sampled.get('valid_rate'))} | "
+                     f"{_pm(s['final_heldout_greedy']['mean_best_q'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def flat_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One CSV row per evaluation point: arm, seed, step, rollouts, train reward, every metric."""
+    rows = []
+    for p in points:
+        row = {k: p[k] for k in ("arm", "seed", "step", "rollouts", "train_reward")}
+        for s, ev in p["eval"].items():
+            for m in METRICS:
+                row[f"{s}.greedy.{m}"] = ev["greedy"][m]
+                if ev["sampled"]:
+                    row[f"{s}.sampled.{m}"] = ev["sampled"][m]["mean"]
+                    row[f"{s}.sampled.{m}.std"] = ev["sampled"][m]["std"]
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot(points: list[dict[str, Any]], plan: AblationPlan, path: str) -> None:
+    """Held-out mean best q and valid rate (sampled), the target metric and training reward over
+    steps, per arm: mean over seeds with a band of one std."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 8), layout="constrained")
+    kind = "sampled" if plan.eval_seeds else "greedy"
+    panels = [(f"heldout.{kind}.mean_best_q", "held-out mean best q"), (f"heldout.{kind}.valid_rate",
+              "held-out valid rate"), (plan.target_metric, f"target: {plan.target_metric}"),
+              ("train_reward", "training reward (own states)")]
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(2, 2, i + 1)
+        for arm in dict.fromkeys(p["arm"] for p in points):
+            by_step: dict[int, list[float]] = {}
+            for p in points:
+                if p["arm"] == arm:
+                    v = p["train_reward"] if key == "train_reward" else metric_value(p["eval"], key)
+                    by_step.setdefault(p["step"], []).append(v)
+            steps = sorted(by_step)
+            mean = np.array([np.nanmean(by_step[s]) if np.isfinite(by_step[s]).any() else np.nan for s in steps])
+            std = np.array([np.nanstd(by_step[s]) if np.isfinite(by_step[s]).any() else np.nan for s in steps])
+            ax.plot(steps, mean, marker="o", ms=3, label=arm)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        if key == plan.target_metric:
+            ax.axhline(plan.target, color="gray", ls="--", lw=1)
+        ax.set(title=title, xlabel="training step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    FigureCanvasAgg(fig).print_png(path)
+
+
+def run_ablation(plan: AblationPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every arm and seed, then DIR/ablation.md, ablation.csv, ablation.png; returns the summaries."""
+    os.makedirs(plan.out, exist_ok=True)
+    steps = load_config(plan.config, list(plan.overrides)).train.steps
+    warm_params: dict[int, Any] = {}
+    points: list[dict[str, Any]] = []
+    for seed in range(plan.seeds):          # seed-major: the warm start of a seed is shared by its arms
+        for arm in plan.arms:
+            points += run_one(plan, arm, seed, warm_params, echo)
+    summaries = {arm: summarize_arm([p for p in points if p["arm"] == arm], plan) for arm in plan.arms}
+    with open(os.path.join(plan.out, "ablation.md"), "w") as f:
+        f.write(markdown(summaries, plan, steps))
+    write_csv(flat_rows(points), os.path.join(plan.out, "ablation.csv"))
+    plot(points, plan, os.path.join(plan.out, "ablation.png"))
+    return summaries

@@ -1,0 +1,65 @@
+"""`ace-jax ablate`: the plan's checks, the per-arm summary, and a miniature run end to end."""
+
+import csv
+
+import pytest
+
+from ace_jax.cli import main
+from ace_jax.commands.demo import DEMO_CONFIG
+from ace_jax.train.ablation import AblationPlan, first_reaching, summarize_arm
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _eval(q, valid):
+    one = {"valid_rate": valid, "any_medal_rate": 0.0, "mean_best_q": q, "mean_steps_to_first_valid": 2.0}
+    sampled = {m: {"mean": v, "std": 0.0} for m, v in one.items()}
+    return {s: {"greedy": one, "sampled": sampled} for s in ("heldout", "roots")}
+
+
+def _points(arm, seed, qs):
+    return [{"arm": arm, "seed": seed, "step": 2 * i, "rollouts": 16 * i, "train_reward": 0.5, "eval": _eval(q, 1.0)}
+            for i, q in enumerate(qs)]
+
+
+def test_plan_rejects_unknown_arms_and_bad_target_metrics():
+    with pytest.raises(ValueError, match="unknown arm"):
+        AblationPlan(config=None, arms=("frontier", "lp"))
+    with pytest.raises(ValueError, match="target metric"):
+        AblationPlan(config=None, target_metric="roots.sampled.reward")
+    assert main(["ablate", "--config", "nope.yaml", "--out", "x"]) == 2
+
+
+def test_steps_to_target_is_the_first_evaluation_that_reaches_it():
+    plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1)
+    points = _points("frontier", 0, [0.5, 0.85, 0.7, 0.9]) + _points("frontier", 1, [0.5, 0.6, 0.81, 0.9]) \
+        + _points("frontier", 2, [0.1, 0.2, 0.3, 0.4])
+    assert first_reaching(points[:4], plan.target_metric, 0.8)["step"] == 2
+    s = summarize_arm(points, plan)
+    assert s["seeds"] == 3 and s["reached"] == 2
+    assert s["steps_to_target"] == {"mean": 3.0, "std": 1.0} and s["rollouts_to_target"]["mean"] == 24.0
+    assert s["final_target_metric"]["mean"] == pytest.approx((0.9 + 0.9 + 0.4) / 3)
+    lower = first_reaching(points[:4], "heldout.greedy.mean_steps_to_first_valid", 2.0)
+    assert lower["step"] == 0   # lower is better for steps to first valid
+
+
+@pytest.mark.slow
+def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
+    out = tmp_path / "ablation"
+    code = main(["ablate", "--config", str(DEMO_CONFIG), "--seeds", "1", "--arms", "frontier", "roots-only",
+                 "--out", str(out), "--eval-every", "1", "--eval-seeds", "1", "--target", "0.5",
+                 "train.steps=2", "train.warmstart_steps=4", "train.heldout_steps=1", "rollout.group_size=4",
+                 "rollout.states_per_step=2", "rollout.max_new_tokens=8", "env.sandbox=bwrap",
+                 "curriculum.capacity=64", "train.length_buckets=[64]"])
+    assert code == 0
+    table = (out / "ablation.md").read_text()
+    assert "| frontier | " in table and "| roots-only | " in table and table in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "ablation.csv")))
+    assert [(r["arm"], r["step"]) for r in rows] == [("frontier", "0"), ("frontier", "1"), ("frontier", "2"),
+                                                     ("roots-only", "0"), ("roots-only", "1"), ("roots-only", "2")]
+    # Both arms start from the same warm start: their step-0 evaluations are identical.
+    skip = {"arm"}
+    assert {k: v for k, v in rows[0].items() if k not in skip} == {k: v for k, v in rows[3].items() if k not in skip}
+    assert float(rows[2]["rollouts"]) == 2 * 2 * 4   # 2 steps x 2 states (oversample 1) x G=4
+    assert (out / "ablation.png").read_bytes()[:8] == PNG
+    assert (out / "frontier" / "seed0" / "metrics.jsonl").is_file()

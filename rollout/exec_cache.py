@@ -109,11 +109,11 @@ class ExecutionStore:
         if row is None:
             return None
         db.execute("UPDATE executions SET used = ? WHERE key = ?", (time.time(), key))
-        return ExecResult(**json.loads(row[0]), submission=row[1], limits=limits)
+        return ExecResult(**json.loads(row[0]), submission=row[1], limits=limits, from_cache=True)
 
     def put(self, key: str, result: ExecResult) -> None:
         fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-                  if f.name not in ("submission", "limits")}
+                  if f.name not in ("submission", "limits", "from_cache")}
         text = json.dumps(fields)
         size = len(text) + len(result.submission or b"") + len(key)
         db = self._connect()

@@ -28,7 +28,7 @@ def _overrides(run_dir: Path) -> list[str]:
             "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.temperature=0.3",
             "env.sandbox=bwrap",
             "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64,128]", "mesh=fsdp_ep",
-            "train.heldout_eval=false"]
+            "train.heldout_eval=false", f"env.exec_cache_dir={run_dir}-exec-cache"]
 
 
 def _launch(run_dir: Path, devices: int, processes: int) -> list[str]:

@@ -91,6 +91,11 @@ def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int
     return nnx.merge(graphdef, sharded_init(lambda: nnx.split(make())[1], mesh, rules))
 
 
+def _ran_in_a_sandbox(result) -> bool:
+    """Whether a step result started a sandbox execution (not rejected unparsed, not a cache hit)."""
+    return result.execution is not None and not result.execution.from_cache
+
+
 class Trainer:
     """Owns the model state, engine, sandboxes, buffer and sampler of one run directory."""
 
@@ -133,7 +138,7 @@ class Trainer:
         executor = make_executor(cfg.env.executor, cfg.env.sandbox, cfg.env.workers,
                                  ray_address=cfg.env.ray_address, ray_actors=cfg.env.ray_actors)
         # Each process executes its share of a step's executions; every process sees all results.
-        self.pool = SharedExecutions(executor, executed=lambda r: r.execution is not None)
+        self.pool = SharedExecutions(executor, executed=_ran_in_a_sandbox)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
         self.exec_cache = make_execution_cache(cfg.env.cache_executions, cfg.env.exec_cache_dir, cfg.env.exec_cache_mb)
         self.buffer = EvolvingBuffer(cfg.curriculum)

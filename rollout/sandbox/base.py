@@ -85,6 +85,7 @@ class ExecResult:
     submission: bytes | None = None
     oom_killed: bool = False
     limits: Limits = field(default_factory=Limits)
+    from_cache: bool = False   # answered by an execution cache, not run again
 
     @property
     def signal(self) -> int | None:

@@ -52,6 +52,7 @@ class EnvSection:
     tasks: str = "train"                # built-in split or a directory of tasks
     prompt_budget_tokens: int = 6000
     cache_executions: bool = True       # deterministic scripts: a repeated response is not re-run
+    min_execution_s: float = 0.0        # each execution lasts at least this long (stands in for real ones)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,8 @@ class TrainSection:
     length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
     logprob_chunk: int = 1024
     warmstart_steps: int = 0            # spec mode: behaviour cloning on grammatical specs first
+    mode: str = "sync"                  # "sync" or "async" (rollouts ahead of the learner)
+    max_staleness: int = 1              # async: a group is used at most this many versions after its own
 
 
 _SECTIONS = {
@@ -199,6 +202,12 @@ def _validate(cfg: ExperimentConfig) -> None:
         check_lengths(cfg)
     except LengthError as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.train.mode not in ("sync", "async"):
+        raise ConfigError(f"config key 'train.mode' is {cfg.train.mode!r}; allowed: ['async', 'sync']")
+    if cfg.train.max_staleness < 0:
+        raise ConfigError(f"config key 'train.max_staleness' must be >= 0, got {cfg.train.max_staleness}")
+    if not cfg.env.min_execution_s >= 0:
+        raise ConfigError(f"config key 'env.min_execution_s' must be >= 0, got {cfg.env.min_execution_s}")
     batch = cfg.rollout.group_size * cfg.rollout.states_per_step
     if batch % cfg.train.micro_batches:
         raise ConfigError(f"config key 'train.micro_batches' ({cfg.train.micro_batches}) must divide the "

@@ -33,7 +33,7 @@ from ace_jax.train.hosts import SharedExecutions, is_writer
 from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from ace_jax.train.rollouts import ExecutionCache, collect
+from ace_jax.train.rollouts import ExecutionCache, Generated, RolloutRound, execute, generate
 from ace_jax.train.run_state import pack_curriculum, unpack_curriculum
 from ace_jax.train.state import create_train_state
 from ace_jax.train.step import make_train_step
@@ -135,6 +135,7 @@ class Trainer:
         self.sampler = LearnabilitySampler(seed=cfg.train.seed)
         self.curriculum_log = MetricsLog()
         self.history: list[dict[str, Any]] = []
+        self.summary_extra: dict[str, Any] = {}  # mode-specific summary entries (async statistics)
         self.step = 0
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
         if self.writer:
@@ -178,58 +179,93 @@ class Trainer:
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
-        cfg = self.cfg
-        k, group = cfg.rollout.states_per_step, cfg.rollout.group_size
+        """One synchronous step: a round of rollouts, the curriculum update, the GRPO update."""
         started = time.perf_counter()
-        ids = self.sampler.sample(self.buffer, k * cfg.rollout.oversample, step=self.step)
-        states = [entry_state(self.buffer, int(i), self.task_ids) for i in ids]
-        rollouts = collect(self.engine, self.pool, self.codec, self.tasks, ids, states, group_size=group,
-                           temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                           limits=self.limits, seed=cfg.train.seed * 1_000_003 + self.step,
-                           cache=self.exec_cache)
-        t_rollout = time.perf_counter() - started
-        self.buffer.record(ids, rollouts.rewards, rollouts.successes, self.step)
+        ids, states = self.sample_round(self.step)
+        rollouts = self.execute_round(self.generate_round(self.step, ids, states))
+        record = self.record_round(self.step, ids, rollouts, time.perf_counter() - started)
+        record = self.learn(rollouts, record, started)
+        if record.pop("updated"):
+            self.engine.update_weights(self.state.params, weight_version=str(self.step + 1))
+        self.step += 1
+        return record
+
+    def sample_round(self, step: int):
+        """(buffer ids, states) of a round: the curriculum's draw for `step`."""
+        ids = self.sampler.sample(self.buffer, self.cfg.rollout.states_per_step * self.cfg.rollout.oversample, step=step)
+        return ids, [entry_state(self.buffer, int(i), self.task_ids) for i in ids]
+
+    def generate_round(self, step: int, ids, states) -> Generated:
+        cfg = self.cfg
+        routed = self.loss_config.routing_replay and self.model_config.is_moe and cfg.rollout.engine == "jax"
+        return generate(self.engine, self.codec, self.tasks, ids, states, group_size=cfg.rollout.group_size,
+                        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                        limits=self.limits, seed=cfg.train.seed * 1_000_003 + step, routed=routed)
+
+    def execute_round(self, generated: Generated) -> RolloutRound:
+        return execute(generated, self.pool, group_size=self.cfg.rollout.group_size, cache=self.exec_cache,
+                       min_execution_s=self.cfg.env.min_execution_s)
+
+    def record_round(self, step: int, ids, rollouts: RolloutRound, rollout_s: float) -> dict[str, Any]:
+        """Results into the buffer (rewards, new child states); the round's part of the step record."""
+        self.buffer.record(ids, rollouts.rewards, rollouts.successes, step)
         parents, q, ops, hashes, payloads = child_records(
             [pid for pid, row in zip(ids, rollouts.results) for _ in row],
             [r for row in rollouts.results for r in row])
-        children = self.buffer.add_children(parents, q, ops, hashes, payloads, step=self.step) if parents else np.zeros(0)
-        advantages, group_mask, n_zero = compute_advantages(
-            rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
-            std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
-        batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, cfg.train.length_buckets,
-                                              self.codec.pad_id)
+        children = self.buffer.add_children(parents, q, ops, hashes, payloads, step=step) if parents else np.zeros(0)
         record: dict[str, Any] = {
-            "step": self.step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
+            "step": step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
             "valid_rate": float(np.mean([[r.valid for r in row] for row in rollouts.results])),
             "success_rate": float(rollouts.successes.mean()), "truncated_rate": float(rollouts.truncated.mean()),
             "best_q": float(max(r.q for row in rollouts.results for r in row)),
-            "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
-            "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
+            "rollout_s": round(rollout_s, 3),
             "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
         record["executions"], record["executions_here"] = self.pool.take_counts()
+        record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=step)
+        return record
+
+    def learn(self, rollouts: RolloutRound, record: dict[str, Any], started: float) -> dict[str, Any]:
+        """Advantages, the fixed-shape batch and the GRPO update; `record["updated"]` says if it ran."""
+        k = self.cfg.rollout.states_per_step
+        advantages, group_mask, n_zero = compute_advantages(
+            rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
+            std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
+        batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, self.cfg.train.length_buckets,
+                                              self.codec.pad_id)
+        record = {**record, "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
+                  "batch_tokens": int(batch.input_ids.size), "updated": bool(n_informative)}
         if n_informative:
             with self.placement.tracing():
                 self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
             record.update({k2: float(v) for k2, v in metrics.items()})
-            self.engine.update_weights(self.state.params, weight_version=str(self.step + 1))
         else:
             record["update_skipped_no_signal"] = 1
         record["step_s"] = round(time.perf_counter() - started, 3)
-        record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=self.step)
-        self.step += 1
         return record
 
     # ------------------------------------------------------------------------- the run
-    def save(self) -> None:
-        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history)
+    def curriculum_state(self) -> tuple[dict, dict]:
+        """A copy of the buffer's and the sampler's state (what `save` and a resume need)."""
+        return self.buffer.state_dict(), self.sampler.state_dict()
+
+    def restore_curriculum(self, state: tuple[dict, dict]) -> tuple[EvolvingBuffer, LearnabilitySampler]:
+        sampler = LearnabilitySampler(seed=self.cfg.train.seed)
+        sampler.load_state_dict(state[1])
+        return EvolvingBuffer.from_state_dict(state[0]), sampler
+
+    def save(self, curriculum: tuple[dict, dict] | None = None) -> None:
+        """Checkpoint the train state with the curriculum (default: the live buffer and sampler)."""
+        buffer, sampler_state = (self.buffer, self.sampler.state_dict()) if curriculum is None else \
+            (EvolvingBuffer.from_state_dict(curriculum[0]), curriculum[1])
+        arrays, meta = pack_curriculum(buffer, sampler_state, self.history)
         self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
 
     def warm_start(self) -> None:
         """Behaviour cloning before the first RL step (`train.warmstart_steps`): spec menus in spec
         mode, the tasks' reference solutions in code mode."""
         from ace_jax.train.warmstart import warm_start
-        sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
+        sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0, old_logprobs="proximal")
         sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
                                    temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
                                    state_sharding=self.placement.state_sharding)
@@ -244,29 +280,36 @@ class Trainer:
         total = self.cfg.train.steps if steps is None else steps
         if self.step == 0 and self.cfg.train.warmstart_steps:
             self.warm_start()
-        metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
         first, times = self.step, []
+        if self.cfg.train.mode == "async":
+            from ace_jax.train.learner import run_async
+            run_async(self, total, self.log_step)
+            self.checkpointer.wait()
+            return self.finish(first)
         while self.step < total:
             record = self.train_step()
-            self.history.append({k: v for k, v in record.items() if k != "curriculum"})
-            if self.writer:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            times.append(record["step_s"])
-            rate = np.mean(times[-5:])
-            eta = rate * (total - self.step)
-            self._echo_share(record)
-            self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
-                      f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
-                      f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
-                      f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
-                      f"buffer {record['buffer_size']} | executions {record['executions']} | "
-                      f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
+            self.log_step(record, total, times)
             if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
                 self.save()
         self.checkpointer.wait()
         summary = self.finish(first)
         return summary
+
+    def log_step(self, record: dict[str, Any], total: int, times: list[float]) -> None:
+        """History, metrics.jsonl and the progress line of a finished step."""
+        self.history.append({k: v for k, v in record.items() if k != "curriculum"})
+        if self.writer:
+            with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        times.append(record["step_s"])
+        eta = np.mean(times[-5:]) * (total - self.step)
+        self._echo_share(record)
+        self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
+                  f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
+                  f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
+                  f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
+                  f"buffer {record['buffer_size']} | executions {record['executions']} | "
+                  f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
 
     def _echo_share(self, record: dict[str, Any]) -> None:
         if jax.process_count() > 1:
@@ -289,7 +332,7 @@ class Trainer:
                    "final_reward_mean": last.get("reward_mean"), "buffer_size": int(self.buffer.size),
                    "skipped_updates": int(self.state.skipped), "optimizer_steps": int(self.state.step),
                    "engine_compiles": getattr(self.engine, "compile_count", None),
-                   "train_step_compiles": self.step_fn._cache_size(), "plots": plots}
+                   "train_step_compiles": self.step_fn._cache_size(), "plots": plots, **self.summary_extra}
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         return summary

@@ -22,10 +22,11 @@ from ace_jax.train.state import TrainState
 
 def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array,
                       attention_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 1024,
-                      return_entropy: bool = False):
-    """logprob[b, t] of token t given tokens < t ([B, T], column 0 is 0), optionally entropy."""
+                      return_entropy: bool = False, routed_experts: jax.Array | None = None):
+    """logprob[b, t] of token t given tokens < t ([B, T], column 0 is 0), optionally entropy.
+    `routed_experts` [B, T, moe_layers, k] replays the engine's routing (R3)."""
     model = nnx.merge(graphdef, params)
-    out = model.forward(input_ids, attention_mask, compute_logits=False)
+    out = model.forward(input_ids, attention_mask, routed_experts=routed_experts, compute_logits=False)
     # Chunk along each sequence (vmap over rows) so the batch axis stays sharded on a mesh; the
     # per-row chunk keeps the working set near `chunk_size` tokens for the whole micro-batch.
     row_chunk = max(16, chunk_size // input_ids.shape[0])
@@ -53,16 +54,19 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
                     state_sharding: Any = None, batch_sharding: Any = None, donate: bool = True):
     """(state, batch) -> (state, metrics), jit-compiled; shardings optional (unsharded default)."""
     def micro_loss(params, ref_params, mb: TrainBatch, n):
+        routed = mb.routed_experts if loss_config.routing_replay else None
         logprobs, entropy = sequence_logprobs(graphdef, params, mb.input_ids, mb.attention_mask,
                                               temperature=temperature, chunk_size=logprob_chunk,
-                                              return_entropy=True)
+                                              return_entropy=True, routed_experts=routed)
         ref = None
         if loss_config.kl_coef > 0:
             ref = jax.lax.stop_gradient(sequence_logprobs(
                 graphdef, ref_params, mb.input_ids, mb.attention_mask,
-                temperature=temperature, chunk_size=logprob_chunk))
+                temperature=temperature, chunk_size=logprob_chunk, routed_experts=routed))
+        # Old logprobs: the behaviour policy's (the engine's) or the proximal (current) policy's.
+        old = mb.rollout_logprobs if loss_config.old_logprobs == "behaviour" else logprobs
         terms = policy_loss_terms(
-            logprobs, jax.lax.stop_gradient(logprobs), mb.advantages, mb.loss_mask, config=loss_config,
+            logprobs, jax.lax.stop_gradient(old), mb.advantages, mb.loss_mask, config=loss_config,
             ref_logprobs=ref, rollout_logprobs=mb.rollout_logprobs,
             entropy=jax.lax.stop_gradient(entropy))
         valid = mb.loss_mask.astype(bool)

@@ -16,6 +16,7 @@ from ace_jax.commands.demo import DEMO_CONFIG
 from ace_jax.config import load_config
 from ace_jax.train.learner import run_async
 from ace_jax.train.loop import Trainer
+from ace_jax.train.warm_checkpoint import write_warm_checkpoint
 
 STATES = 2
 
@@ -33,13 +34,7 @@ def _config(run_dir, steps, mode="sync", s=1, warmstart=0, checkpoint_every=1):
 def warm(tmp_path_factory):
     """A run directory holding the warm-started policy as its step-0 checkpoint."""
     run_dir = tmp_path_factory.mktemp("warm") / "run"
-    trainer = Trainer(_config(run_dir, 0, warmstart=150), echo=lambda s: None)
-    try:
-        trainer.warm_start()
-        trainer.save()
-        trainer.checkpointer.wait()
-    finally:
-        trainer.close()
+    write_warm_checkpoint(_config(run_dir, 0, warmstart=150))
     return run_dir
 
 

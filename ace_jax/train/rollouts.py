@@ -41,15 +41,17 @@ def _run_one(sandbox, slot: int, item) -> StepResult:
 
 
 def at_least(seconds: float):
-    """`_run_one` lasting at least `seconds` (`env.min_execution_s`: stands in for real executions,
-    which take minutes, so that overlapping them with the update is measurable)."""
+    """`_run_one` whose sandbox executions last at least `seconds` (`env.min_execution_s`: stands in
+    for real executions, which take minutes, so that overlapping them is measurable); responses
+    rejected before execution are not delayed."""
     if seconds <= 0:
         return _run_one
 
     def run(sandbox, slot: int, item) -> StepResult:
         started = time.monotonic()
         result = _run_one(sandbox, slot, item)
-        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        if result.execution is not None:
+            time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         return result
     return run
 

@@ -7,7 +7,7 @@ at S = 1 and S = 2. Every sandbox execution is made to last at least `--min-exec
 is visible on a small CPU machine. Steps per hour count the steps after the first (the first
 pays the compiles in every mode).
 
-    .venv/bin/python bench/async_loop.py [--steps 6 --min-execution-s 3 --workers 16 --png async_loop.png]
+    .venv/bin/python bench/async_loop.py [--steps 6 --min-execution-s 3 --png async_loop.png] [train.length_buckets=[128]]
 
 Last line: `ratio async_steps_per_hour <async at S=2 / sync>`.
 """
@@ -36,7 +36,8 @@ def config(run_dir: str, args, mode: str = "sync", s: int = 0, warmstart: int = 
     return load_config(DEMO_CONFIG, [
         f"train.run_dir={run_dir}", f"train.steps={args.steps}", f"train.warmstart_steps={warmstart}",
         f"train.mode={mode}", f"train.max_staleness={s}", f"train.checkpoint_every={args.steps}",
-        f"env.min_execution_s={args.min_execution_s}", f"env.workers={args.workers}", *args.overrides])
+        f"env.min_execution_s={args.min_execution_s}", *([f"env.workers={args.workers}"] if args.workers else []),
+        *args.overrides])
 
 
 def run_mode(warm: str, root: str, args, mode: str, s: int) -> dict:
@@ -76,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--min-execution-s", type=float, default=3.0)
-    parser.add_argument("--workers", type=int, default=16, help="sandbox slots (the executions mostly wait)")
+    parser.add_argument("--workers", type=int, default=0, help="sandbox slots (default: the demo's)")
     parser.add_argument("--warmstart", type=int, default=150)
     parser.add_argument("--png", default="async_loop.png")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. rollout.states_per_step=2")

@@ -48,10 +48,11 @@ def run_async(trainer, total: int, log_step: Callable[[dict, int, list], None],
     merged into `trainer.summary_extra`)."""
     s = trainer.cfg.train.max_staleness
     start, stop = trainer.step, stop or threading.Event()
+    curriculum = trainer.curriculum_state()  # as of the last round used (none yet)
     gate = StalenessGate(s, start, total)
     producer = RolloutProducer(trainer, gate, start, total).start()
     staleness: collections.Counter[int] = collections.Counter()
-    dropped_stale, idle_total, times, curriculum = 0, 0.0, [], None
+    dropped_stale, idle_total, times = 0, 0.0, []
     last = time.perf_counter()
     try:
         with _stop_on_sigterm(stop):
@@ -69,7 +70,7 @@ def run_async(trainer, total: int, log_step: Callable[[dict, int, list], None],
                 record = dict(rnd.record)
                 if gap > s:  # never with admission control; counted, not used
                     dropped_stale += rnd.groups
-                    record.update(updated=False, update_skipped_stale=1)
+                    record.update(updated=False, update_skipped_stale=1, informative_groups=0)
                 else:
                     staleness[gap] += 1
                     record = trainer.learn(rnd.rollouts, record, time.perf_counter())
@@ -89,10 +90,10 @@ def run_async(trainer, total: int, log_step: Callable[[dict, int, list], None],
                     trainer.save(curriculum)
     finally:
         in_flight = producer.stop()
-    if curriculum is not None:  # the live curriculum may hold dropped rounds: keep the consistent one
-        trainer.buffer, trainer.sampler = trainer.restore_curriculum(curriculum)
-        if stop.is_set() and trainer.step % trainer.cfg.train.checkpoint_every:
-            trainer.save(curriculum)
+    # The live curriculum may hold rounds that were dropped: keep the one of the last round used.
+    trainer.buffer, trainer.sampler = trainer.restore_curriculum(curriculum)
+    if stop.is_set() and trainer.step > start and trainer.step % trainer.cfg.train.checkpoint_every:
+        trainer.save(curriculum)
     summary = {"mode": "async", "max_staleness": s, "staleness_histogram": {str(k): v for k, v in sorted(staleness.items())},
                "groups_dropped_stale": dropped_stale, "groups_dropped_in_flight": in_flight,
                "groups_generated": producer.generated_groups, "producer_idle_s": round(producer.idle_s, 3),

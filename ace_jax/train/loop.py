@@ -203,8 +203,12 @@ class Trainer:
                         limits=self.limits, seed=cfg.train.seed * 1_000_003 + step, routed=routed)
 
     def execute_round(self, generated: Generated) -> RolloutRound:
-        return execute(generated, self.pool, group_size=self.cfg.rollout.group_size, cache=self.exec_cache,
-                       min_execution_s=self.cfg.env.min_execution_s)
+        """Execute and grade a round; its execution counts are taken with it (async: in its thread)."""
+        rollouts = execute(generated, self.pool, group_size=self.cfg.rollout.group_size, cache=self.exec_cache,
+                           min_execution_s=self.cfg.env.min_execution_s)
+        rollouts.executions = self.pool.take_counts()
+        rollouts.cached_executions = 0 if self.exec_cache is None else self.exec_cache.hits
+        return rollouts
 
     def record_round(self, step: int, ids, rollouts: RolloutRound, rollout_s: float) -> dict[str, Any]:
         """Results into the buffer (rewards, new child states); the round's part of the step record."""
@@ -219,9 +223,8 @@ class Trainer:
             "success_rate": float(rollouts.successes.mean()), "truncated_rate": float(rollouts.truncated.mean()),
             "best_q": float(max(r.q for row in rollouts.results for r in row)),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
-            "rollout_s": round(rollout_s, 3),
-            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits}
-        record["executions"], record["executions_here"] = self.pool.take_counts()
+            "rollout_s": round(rollout_s, 3), "cached_executions": rollouts.cached_executions}
+        record["executions"], record["executions_here"] = rollouts.executions
         record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=step)
         return record
 

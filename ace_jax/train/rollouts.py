@@ -32,6 +32,8 @@ class RolloutRound:
     successes: np.ndarray                  # [S, G] bool
     truncated: np.ndarray                  # [S, G] bool
     routed_experts: list[list[np.ndarray]] | None = None  # [S][G] engine routing, for routing replay
+    executions: tuple[int, int] = (0, 0)   # sandbox executions started (all processes, this one)
+    cached_executions: int = 0             # the execution cache's hits so far
 
 
 def _run_one(sandbox, slot: int, item) -> StepResult:

@@ -52,6 +52,9 @@ class EnvSection:
     tasks: str = "train"                # built-in split or a directory of tasks
     prompt_budget_tokens: int = 6000
     cache_executions: bool = True       # deterministic scripts: a repeated response is not re-run
+    executor: str = "local"             # "local" (threads here) or "ray" (sandbox actors; the 'ray' extra)
+    ray_address: str = ""               # ray: "" starts a local cluster (or RAY_ADDRESS), "auto", "ray://head:10001"
+    ray_actors: int = 1                 # ray: actors, each with env.workers sandbox slots
     min_execution_s: float = 0.0        # each execution lasts at least this long (stands in for real ones)
 
 
@@ -190,6 +193,11 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'rollout.engine' is {cfg.rollout.engine!r}; allowed: ['jax', 'sglang']")
     if cfg.env.mode not in ("spec", "code"):
         raise ConfigError(f"config key 'env.mode' is {cfg.env.mode!r}; allowed: ['code', 'spec']")
+    if cfg.env.executor not in ("local", "ray"):
+        raise ConfigError(f"config key 'env.executor' is {cfg.env.executor!r}; allowed: ['local', 'ray']")
+    if cfg.env.workers < 1 or cfg.env.ray_actors < 1:
+        raise ConfigError(f"config keys 'env.workers' ({cfg.env.workers}) and 'env.ray_actors' "
+                          f"({cfg.env.ray_actors}) must be >= 1")
     if cfg.rollout.group_size < 2:
         raise ConfigError(f"config key 'rollout.group_size' must be >= 2 (GRPO compares rollouts), got {cfg.rollout.group_size}")
     if (cfg.model.preset is None) == (cfg.model.hf is None):

@@ -215,3 +215,52 @@ def test_csv_reader_handles_quoted_ids(tmp_path):
     text = io.StringIO()
     answers.to_csv(text, index=False, quoting=1)  # every field quoted
     assert grade_bytes(task, text.getvalue().encode()).score == 0.0
+
+
+GRADE_IN_CHILD = """
+import resource, sys, time
+from rollout.env.graders import grade_submission
+from rollout.env.tasks import load_task
+start = time.monotonic()
+result = grade_submission(load_task(sys.argv[1]), sys.argv[2])
+print(time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, result.valid, len(result.reason))
+print(result.reason)
+"""
+
+
+def _grade_in_child(task, path) -> tuple[float, int, str]:
+    """Grade in a fresh interpreter: (seconds, peak RSS in bytes, reason)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", GRADE_IN_CHILD, str(task.root), str(path)], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": os.getcwd()}, check=True).stdout
+    first, reason = out.split("\n", 1)
+    seconds, rss_kb, valid, _ = first.split()
+    assert valid == "False"
+    return float(seconds), int(rss_kb) << 10, reason.strip()
+
+
+@pytest.mark.parametrize("columns", [5_000, 150_000, 1_000_000])
+def test_wide_header_is_graded_in_bounded_time_and_memory(tmp_path, columns):
+    task, _ = make_task(tmp_path, "accuracy")
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join(f"c{i}" for i in range(columns)) + "\n" + ",".join("0" * columns) + "\n")
+    seconds, peak, reason = _grade_in_child(task, path)
+    assert seconds < 5 and peak < 1 << 30, (seconds, peak)
+    short = f"the header has {columns} columns, expected 2"
+    assert (short if columns < 10_000 else "the header line is longer than") in reason and len(reason) < 500
+
+
+def test_row_flood_and_long_header_are_refused_before_parsing(tmp_path):
+    task, _ = make_task(tmp_path, "accuracy")
+    assert "got more than" in grade_bytes(task, b"id,y\n" + b"1,0\n" * 200_000).reason
+    assert "header line is longer" in grade_bytes(task, b"id," + b"y" * (1 << 17) + b"\n1,0\n").reason
+
+
+def test_reasons_are_truncated(tmp_path):
+    task, answers = make_task(tmp_path, "accuracy")
+    sub = answers.astype({"id": object}).copy()
+    sub.loc[0, "id"] = "x" * 1_000_000  # an unknown id quoted in the reason
+    result = grade_bytes(task, to_bytes(sub))
+    assert not result.valid and "not in test.csv" in result.reason
+    assert len(result.reason) <= 400 and result.reason.endswith("[truncated]")

@@ -15,7 +15,8 @@ from rollout.env.medals import medal_ranks, medal_thresholds
 from rollout.env.metrics import aligned
 from rollout.env.mlebench_import import import_mlebench
 from rollout.env.prepare import ensure_tasks, prepare_builtin
-from rollout.env.prompts import spec_prompt
+from rollout.env.prompts import build_prompt, spec_prompt
+from rollout.env.state import State
 from rollout.env.spec import render_script
 from rollout.env.spec_vocab import build_spec_tokenizer, sample_states
 from rollout.env.tasks import default_tasks_dir, load_tasks
@@ -180,6 +181,58 @@ def test_import_mlebench_fixture(tmp_path):
     onehot = pd.read_csv(FIXTURE / "data" / "tiny-logloss" / "prepared" / "private" / "test.csv")
     onehot.to_csv(perfect, index=False)  # the one-hot answers themselves are a perfect probability submission
     assert grade_submission(tasks["tiny-logloss"], perfect).score < 1e-6
+
+
+def _titanic_copy(tmp_path, answers: str) -> tuple[Path, Path]:
+    """The fixture's tiny-titanic alone under tmp_path, its config naming `answers`; (data, competitions)."""
+    import shutil
+    data, comps = tmp_path / "data", tmp_path / "competitions"
+    shutil.copytree(FIXTURE / "data" / "tiny-titanic", data / "tiny-titanic")
+    shutil.copytree(FIXTURE / "competitions" / "tiny-titanic", comps / "tiny-titanic")
+    config = comps / "tiny-titanic" / "config.yaml"
+    config.write_text(config.read_text().replace("answers: tiny-titanic/prepared/private/test.csv",
+                                                 f"answers: {answers}"))
+    return data, comps
+
+
+@pytest.mark.parametrize("answers", ["ABSOLUTE", "../outside.csv", "tiny-titanic/prepared/../../outside.csv",
+                                     "other-comp/prepared/private/test.csv", "SYMLINK"])
+def test_import_refuses_answers_outside_the_competition(tmp_path, answers):
+    outside = tmp_path / "outside.csv"
+    outside.write_bytes((FIXTURE / "data" / "tiny-titanic" / "prepared" / "private" / "test.csv").read_bytes())
+    name = {"ABSOLUTE": str(outside), "SYMLINK": "tiny-titanic/prepared/private/link.csv"}.get(answers, answers)
+    data, comps = _titanic_copy(tmp_path, name)
+    (data / "other-comp" / "prepared" / "private").mkdir(parents=True)
+    (data / "other-comp" / "prepared" / "private" / "test.csv").write_bytes(outside.read_bytes())
+    (data / "tiny-titanic" / "prepared" / "private" / "link.csv").symlink_to(outside)
+    report = import_mlebench(data, tmp_path / "out", comps)
+    assert report.converted == [], report.skipped
+    reason = report.skipped["tiny-titanic"]
+    expected = {"ABSOLUTE": "absolute path", "SYMLINK": "symlink"}.get(answers, "outside the competition directory")
+    assert expected in reason, reason
+
+
+def test_import_refuses_a_symlinked_public_file(tmp_path):
+    data, comps = _titanic_copy(tmp_path, "tiny-titanic/prepared/private/test.csv")
+    train = data / "tiny-titanic" / "prepared" / "public" / "train.csv"
+    train.unlink()
+    train.symlink_to(data / "tiny-titanic" / "prepared" / "private" / "test.csv")
+    report = import_mlebench(data, tmp_path / "out", comps)
+    assert "symlink" in report.skipped["tiny-titanic"]
+
+
+def test_import_takes_classes_from_public_data_only(tmp_path):
+    data, comps = _titanic_copy(tmp_path, "tiny-titanic/prepared/private/test.csv")
+    answers_path = data / "tiny-titanic" / "prepared" / "private" / "test.csv"
+    answers = pd.read_csv(answers_path, dtype=str)
+    answers.loc[0, "Transported"] = "SECRET_TEST_ONLY_LABEL"
+    answers.to_csv(answers_path, index=False)
+    report = import_mlebench(data, tmp_path / "out", comps)
+    assert report.converted == ["tiny-titanic"], report.skipped
+    task = load_tasks(tmp_path / "out")["tiny-titanic"]
+    assert task.config.classes == ("False", "True")
+    root = State("tiny-titanic")
+    assert "SECRET" not in spec_prompt(root, task) and "SECRET" not in build_prompt(root, task).user
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

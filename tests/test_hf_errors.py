@@ -4,11 +4,10 @@ import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
 from ace_jax.checkpoint import hf
 from ace_jax.models import Qwen3Config, get_config
-from helpers.hf_models import random_hf_model
+from helpers.hf_models import random_hf_model, rewrite_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +18,7 @@ def hf_dir(tmp_path_factory):
 
 
 def _copy_with(tmp_path, hf_dir, mutate):
-    tensors = load_file(str(hf_dir / "model.safetensors"))
-    mutate(tensors)
-    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    (tmp_path / "config.json").write_text((hf_dir / "config.json").read_text())
-    return tmp_path
+    return rewrite_checkpoint(hf_dir, tmp_path, mutate)
 
 
 def test_missing_tensor(tmp_path, hf_dir):

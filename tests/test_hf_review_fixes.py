@@ -6,11 +6,11 @@ import tracemalloc
 import numpy as np
 import pytest
 import transformers
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from ace_jax.checkpoint import hf, names
 from ace_jax.models import Qwen3Config, get_config
-from helpers.hf_models import random_hf_model
+from helpers.hf_models import random_hf_model, rewrite_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +20,15 @@ def tied_dir(tmp_path_factory):
     return path
 
 
-def _rewrite(src, dst, mutate):
-    tensors = load_file(str(src / "model.safetensors"))
-    mutate(tensors)
-    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    (dst / "config.json").write_text((src / "config.json").read_text())
-    return dst
-
-
 def test_tied_checkpoint_with_an_equal_lm_head_loads(tmp_path, tied_dir):
-    path = _rewrite(tied_dir, tmp_path, lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"].copy()}))
+    path = rewrite_checkpoint(tied_dir, tmp_path, lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"].copy()}))
     model = hf.load(path)
     np.testing.assert_array_equal(np.asarray(model.embed[...]),
                                   load_file(str(path / "model.safetensors"))["model.embed_tokens.weight"])
 
 
 def test_tied_checkpoint_with_a_different_lm_head_is_refused(tmp_path, tied_dir):
-    path = _rewrite(tied_dir, tmp_path,
+    path = rewrite_checkpoint(tied_dir, tmp_path,
                     lambda t: t.update({"lm_head.weight": t["model.embed_tokens.weight"] + 1.0}))
     with pytest.raises(hf.CheckpointError, match="lm_head.weight differs from model.embed_tokens.weight"):
         hf.load(path)

@@ -24,9 +24,10 @@ def _free_port() -> int:
 
 
 def _overrides(run_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    return [*extra, f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60", "train.checkpoint_every=1",
-            "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "env.sandbox=bwrap",
-            "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64]", "mesh=fsdp_ep"]
+    return [*extra, f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60",
+            "train.checkpoint_every=1", "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1",
+            "rollout.temperature=0.3", "env.sandbox=bwrap",
+            "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64,128]", "mesh=fsdp_ep"]
 
 
 def _launch(run_dir: Path, devices: int, processes: int, extra: tuple[str, ...] = ()) -> list[str]:

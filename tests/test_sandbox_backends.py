@@ -3,13 +3,14 @@
 import logging
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from rollout.sandbox import bwrap as bwrap_module
 from rollout.sandbox.base import Limits, SandboxError, SandboxRefused, SandboxUnavailable, sandbox_env
 from rollout.sandbox.bwrap import BwrapSandbox
-from rollout.sandbox.docker_backend import connect, leftover_containers
+from rollout.sandbox.docker_backend import connect, kill_container, leftover_containers
 from rollout.sandbox.image import ensure_image, image_tag, rootfs_tar
 from rollout.sandbox.pool import WorkerPool
 from rollout.sandbox.select import make_sandbox
@@ -174,3 +175,67 @@ def test_docker_image_is_local_and_idempotent():
         assert leftover_containers(client) == []  # every run removed its container
     finally:
         client.close()
+
+
+def test_docker_kill_of_a_container_that_just_exited_is_not_an_error():
+    import docker.errors
+    from docker.types import Mount
+
+    client = connect()
+    container = client.containers.create(image=ensure_image(client), command=["/bin/true"], network_mode="none",
+                                         mounts=[Mount("/usr", "/usr", type="bind", read_only=True)])
+    try:
+        container.start()
+        assert container.wait(timeout=30)["StatusCode"] == 0
+        with pytest.raises(docker.errors.APIError):  # the race: the timeout fired as it exited
+            container.kill()
+        kill_container(container)
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
+def test_bwrap_says_once_how_aggregate_limits_are_enforced(caplog, data_dir):
+    with caplog.at_level(logging.WARNING, logger="rollout.sandbox.bwrap"):
+        with BwrapSandbox() as sandbox:
+            for _ in range(2):
+                assert sandbox.run("print('ok')", data_dir, Limits(timeout_s=30)).ok
+    said = [r.getMessage() for r in caplog.records if "cgroup" in r.getMessage()]
+    if sandbox.cgroups.available:
+        assert said == [] and sandbox.aggregate == "cgroup"
+    else:
+        assert len(said) == 1 and sandbox.cgroups.reason in said[0]
+        assert sandbox.aggregate == ("uid-memory-poll" if is_root() else "none")
+
+
+def test_seccomp_policy_encodings():
+    import json
+    import struct
+
+    from rollout.sandbox import seccomp
+
+    for arch in seccomp.ARCHES:
+        program = seccomp.bpf_program(arch)
+        assert len(program) % 8 == 0 and len(program) // 8 < 256  # sock_filter entries; short jumps
+        code, _, jf, k = struct.unpack("=HBBI", program[8:16])
+        assert code == seccomp.JEQ and k == seccomp.AUDIT_ARCH[arch] and jf > 0  # a foreign ABI is killed
+        profile = json.loads(seccomp.docker_profile(arch))
+        denied = {n for rule in profile["syscalls"] if "args" not in rule for n in rule["names"]}
+        assert set(seccomp.DENIED) <= denied and profile["defaultAction"] == "SCMP_ACT_ALLOW"
+        refused = {a["value"] for rule in profile["syscalls"] for a in rule.get("args", []) if a["op"] == "SCMP_CMP_EQ"}
+        assert refused.isdisjoint(seccomp.ALLOWED_FAMILIES) and 40 not in seccomp.ALLOWED_FAMILIES
+
+
+def test_slot_cgroup_files(tmp_path):
+    """What a slot group is given (on a plain directory: this host's cgroup v2 may lack the controllers)."""
+    from rollout.sandbox.cgroups import SlotCgroups
+
+    groups = SlotCgroups(tmp_path)
+    assert groups.available and (tmp_path / "cgroup.subtree_control").read_text() == "+memory +cpu +pids"
+    procs = groups.prepare(3, Limits(memory_mb=512, cpus=1.5, max_procs=40))
+    group = Path(procs).parent
+    assert group == groups.parent / "slot-3" and groups.parent.name == f"ace-jax-sandbox-{os.getpid()}"
+    assert (group / "memory.max").read_text() == str(512 << 20)
+    assert (group / "cpu.max").read_text() == "150000 100000" and (group / "pids.max").read_text() == "40"
+    (group / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n")
+    assert groups.oom_kills(3) == 2 and groups.oom_kills(4) == 0

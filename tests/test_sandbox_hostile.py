@@ -6,12 +6,18 @@ breach shows up as a reward above 0 as well as in the host-side checks. The sand
 built here without skipping: a missing bubblewrap or docker engine fails with its reason.
 """
 
+import ctypes
+import dataclasses
+import errno
 import os
+import resource
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -19,9 +25,10 @@ import pytest
 
 from rollout.env.execute import execute
 from rollout.env.tasks import TaskConfig, write_task
+from rollout.sandbox import seccomp
 from rollout.sandbox.base import Limits
 from rollout.sandbox.select import make_sandbox
-from rollout.sandbox.slots import is_root, processes_of
+from rollout.sandbox.slots import is_root, processes_of, sweep_stale_slot_dirs
 
 BACKENDS = ["bwrap", "docker"]
 COPY_SAMPLE = "import shutil\nshutil.copy('data/sample_submission.csv', 'submission.csv')\n"
@@ -88,7 +95,8 @@ def test_fork_bomb(sandbox, task):
 
 def test_allocate_50_gb(sandbox, task):
     code = "chunks = []\nfor i in range(50):\n    chunks.append(bytearray(1 << 30))\n" + BREACH
-    run_contained(sandbox, task, code, "out of memory")
+    # a cgroup OOM kill of a 1 GiB zeroing write can take seconds on a loaded host: not a timeout
+    run_contained(sandbox, task, code, "out of memory", dataclasses.replace(LIMITS, timeout_s=15.0))
 
 
 def test_write_outside_work_dir(sandbox, task, tmp_path):
@@ -157,3 +165,130 @@ def test_flood_stdout(sandbox, task):
     ex = result.execution
     assert ex.stdout_bytes <= LIMITS.max_file_mb << 20
     assert len(result.feedback.stdout_tail) <= LIMITS.tail_bytes
+
+
+def test_wide_header_submission(sandbox, task):
+    code = "open('submission.csv', 'w').write(','.join(['0'] * 1_000_000) + '\\n' + '1,' * 1000 + '\\n')\n"
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    start = time.monotonic()
+    result = run_contained(sandbox, task, code, "the header")
+    grading_s = time.monotonic() - start - result.execution.runtime_s
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+    assert grading_s < 5 and peak_after - peak_before < 1 << 30, (grading_s, peak_after - peak_before)
+    assert len(result.reason) <= 400
+
+
+KEYS = seccomp.SYSCALLS[seccomp.machine()]
+LIBC = ctypes.CDLL(None, use_errno=True)
+SESSION_KEYRING, KEYCTL_READ, KEYCTL_SEARCH = -3, 11, 10
+
+
+def _add_key(description: str, payload: bytes) -> int:
+    key = LIBC.syscall(KEYS["add_key"], b"user", description.encode(), payload, len(payload), SESSION_KEYRING)
+    assert key > 0, os.strerror(ctypes.get_errno())
+    return key
+
+
+def test_session_keyring_is_fresh_and_unreachable(sandbox, task):
+    key = _add_key("ace-jax-host-secret", b"s3cret-payload")
+    code = (f"import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nbreach = []\n"
+            f"buf = ctypes.create_string_buffer(64)\n"
+            f"if libc.syscall({KEYS['keyctl']}, {KEYCTL_READ}, {key}, buf, 64) > 0:\n    breach.append('read')\n"
+            f"if libc.syscall({KEYS['request_key']}, b'user', b'ace-jax-host-secret', None, 0) > 0:\n"
+            "    breach.append('request')\n"
+            f"if libc.syscall({KEYS['add_key']}, b'user', b'ace-jax-planted', b'x', 1, {SESSION_KEYRING}) > 0:\n"
+            "    breach.append('plant')\n"
+            "try:\n    if 'ace-jax-host-secret' in open('/proc/keys').read():\n        breach.append('proc-keys')\n"
+            "except OSError:\n    pass\n"
+            "print('BREACH', breach)\nif not breach:\n    raise SystemExit(1)\n" + BREACH)
+    result = run_contained(sandbox, task, code, "crashed: exit code 1")
+    assert "BREACH []" in result.feedback.stdout_tail
+    planted = LIBC.syscall(KEYS["keyctl"], KEYCTL_SEARCH, SESSION_KEYRING, b"user", b"ace-jax-planted", 0)
+    assert planted == -1 and ctypes.get_errno() == errno.ENOKEY
+
+
+DENIED_CALLS = """
+import ctypes, errno, socket
+libc = ctypes.CDLL(None, use_errno=True)
+calls = {"io_uring_setup": (%(io_uring_setup)d, 8, ctypes.create_string_buffer(120)),
+         "ptrace_attach_pid1": (%(ptrace)d, 16, 1, 0, 0), "bpf": (%(bpf)d, 0, ctypes.create_string_buffer(128), 128),
+         "perf_event_open": (%(perf_event_open)d, ctypes.create_string_buffer(128), 0, -1, -1, 0),
+         "keyctl": (%(keyctl)d, 0, -3, 0), "unshare_user": (%(unshare)d, 0x10000000)}
+worked = []
+for name, (nr, *args) in calls.items():
+    if libc.syscall(nr, *args) >= 0:
+        worked.append(name)
+    print(name, errno.errorcode.get(ctypes.get_errno()))
+for family in ("AF_VSOCK", "AF_NETLINK", "AF_PACKET", "AF_ALG"):
+    try:
+        socket.socket(getattr(socket, family), socket.SOCK_DGRAM if family != "AF_ALG" else socket.SOCK_SEQPACKET)
+        worked.append(family)
+    except OSError as e:
+        print(family, errno.errorcode.get(e.errno))
+socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close()  # what solutions use still works
+socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+print("SECCOMP", [ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("Seccomp:")])
+print("WORKED", worked)
+if not worked:
+    raise SystemExit(1)
+"""
+
+
+def test_seccomp_denies_what_solutions_never_need(sandbox, task):
+    result = run_contained(sandbox, task, DENIED_CALLS % KEYS + BREACH, "crashed: exit code 1")
+    out = result.feedback.stdout_tail
+    assert "WORKED []" in out and "SECCOMP ['2']" in out, out
+    for name in ("io_uring_setup", "ptrace_attach_pid1", "bpf", "perf_event_open", "keyctl", "unshare_user"):
+        assert f"{name} EPERM" in out, out
+    for family in ("AF_VSOCK", "AF_NETLINK", "AF_PACKET", "AF_ALG"):
+        assert f"{family} EAFNOSUPPORT" in out, out
+
+
+def test_aggregate_memory_of_children_and_tmpfs(sandbox, task):
+    limits = Limits(timeout_s=30.0, memory_mb=512, max_procs=32, work_mb=400, max_file_mb=400)
+    code = ("import os, time\nopen('filler', 'wb').write(b'\\1' * (300 << 20))\nkids = []\n"
+            "for i in range(4):\n    pid = os.fork()\n    if pid == 0:\n        x = b'\\1' * (300 << 20)\n"
+            "        time.sleep(3)\n        os._exit(0)\n    kids.append(pid)\n"
+            "if all(os.waitpid(p, 0)[1] == 0 for p in kids):\n    print('ALL CHILDREN RAN')\n" + BREACH.replace(
+                "\nimport shutil", "\n    import shutil").replace("\nshutil", "\n    shutil"))
+    result = run_contained(sandbox, task, code, "out of memory", limits)
+    assert "ALL CHILDREN RAN" not in result.feedback.stdout_tail
+
+
+@pytest.fixture
+def high_host_nofile():
+    """The host's soft RLIMIT_NOFILE raised to its hard limit, as on hosts set up for many files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_open_files_are_capped(sandbox, task, high_host_nofile):
+    code = ("files = []\ntry:\n    for i in range(20000):\n        files.append(open('/dev/null'))\n"
+            "except OSError as e:\n    print('stopped at', len(files), e)\nfor f in files:\n    f.close()\n"
+            "if len(files) < 5000:\n"
+            "    raise SystemExit(1)\n" + BREACH)
+    result = run_contained(sandbox, task, code, "crashed: exit code 1")
+    assert "Too many open files" in result.feedback.stdout_tail
+
+
+SLOT_HOST = """
+import sys
+from rollout.sandbox.select import make_sandbox
+sandbox = make_sandbox(sys.argv[1])
+print(sandbox.dirs.root, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_slot_dirs_of_a_killed_host_are_swept(sandbox):
+    host = subprocess.Popen([sys.executable, "-c", SLOT_HOST, sandbox.name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    root = Path(host.stdout.readline().strip())
+    assert root.is_dir()
+    host.kill()
+    host.wait()
+    assert root.is_dir()  # SIGKILL skipped its cleanup
+    assert root in sweep_stale_slot_dirs(root.parent) and not root.exists()
+    assert sandbox.dirs.root.is_dir()  # a live host's directory stays

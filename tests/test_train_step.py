@@ -133,3 +133,21 @@ def test_bf16_moments_store_both_adam_moments_in_bf16():
     updates, state = opt.update({"w": jnp.full((4, 3), 0.5), "b": jnp.ones(3)}, state, params)
     assert {x.dtype for x in jax.tree.leaves(state[1].nu)} == {jnp.dtype(jnp.bfloat16)}
     assert all(bool(jnp.all(u < 0)) for u in jax.tree.leaves(updates))
+
+
+def test_completion_window_equals_the_full_lm_head():
+    """The LM head over each row's completion window gives the same step as over every token."""
+    cfg = get_config("tiny-moe")
+    graphdef, state = create_train_state(Qwen3ForCausalLM(cfg, rngs=nnx.Rngs(1)), SGD)
+    rng = np.random.RandomState(3)
+    prompts = [list(rng.randint(3, cfg.vocab_size, n)) for n in (9, 3, 14, 6)]
+    comps = [list(rng.randint(3, cfg.vocab_size, n)) for n in (5, 7, 2, 7)]
+    batch = jax.tree.map(jnp.asarray, make_batch(prompts, comps, rng.randn(4), [list(-rng.rand(len(c))) for c in comps],
+                                                 buckets=(32,)))
+    full = make_train_step(graphdef, SGD, LOSS, donate=False)
+    windowed = make_train_step(graphdef, SGD, LOSS, donate=False, completion_window=7)
+    (a, ma), (b, mb) = full(state, batch), windowed(state, batch)
+    for key in ("loss", "grad_norm", "entropy"):
+        np.testing.assert_allclose(float(mb[key]), float(ma[key]), rtol=1e-5, err_msg=key)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), atol=1e-6)

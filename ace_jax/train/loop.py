@@ -40,8 +40,7 @@ from ace_jax.train.step import make_train_step
 from rollout.env.prepare import ensure_tasks
 from rollout.env.tasks import load_tasks
 from rollout.sandbox.base import Limits
-from rollout.sandbox.pool import WorkerPool
-from rollout.sandbox.select import make_sandbox
+from rollout.executors import make_executor
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +122,14 @@ class Trainer:
                                        temperature=cfg.rollout.temperature,
                                        logprob_chunk=cfg.train.logprob_chunk,
                                        learning_rate=learning_rate_schedule(opt_cfg),
-                                       state_sharding=self.placement.state_sharding)
+                                       state_sharding=self.placement.state_sharding,
+                                       completion_window=cfg.rollout.max_new_tokens)
         self.engine = self._make_engine(model)
-        sandbox = make_sandbox(cfg.env.sandbox)
+        self.warmstart_step_fn = None
+        executor = make_executor(cfg.env.executor, cfg.env.sandbox, cfg.env.workers,
+                                 ray_address=cfg.env.ray_address, ray_actors=cfg.env.ray_actors)
         # Each process executes its share of a step's executions; every process sees all results.
-        self.pool = SharedExecutions(WorkerPool(sandbox, cfg.env.workers), executed=lambda r: r.execution is not None)
+        self.pool = SharedExecutions(executor, executed=lambda r: r.execution is not None)
         self.limits = Limits(timeout_s=cfg.env.timeout_s)
         self.exec_cache = ExecutionCache() if cfg.env.cache_executions else None
         self.buffer = EvolvingBuffer(cfg.curriculum)
@@ -142,7 +144,8 @@ class Trainer:
             run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
-                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, sandbox {sandbox.name}")
+                  f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
+                  f"sandbox {executor.sandbox_name} ({executor.name})")
 
     # ------------------------------------------------------------------------- setup
     def _make_engine(self, model):
@@ -271,11 +274,14 @@ class Trainer:
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0, old_logprobs="proximal")
         sft_step = make_train_step(self.graphdef, self.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
                                    temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
-                                   state_sharding=self.placement.state_sharding)
+                                   state_sharding=self.placement.state_sharding,
+                                   completion_window=self.cfg.rollout.max_new_tokens)
         rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step
+        self.warmstart_step_fn = sft_step
         with self.placement.tracing():
             self.state = warm_start(sft_step, self.state, self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
                                     rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
+                                    max_new_tokens=self.cfg.rollout.max_new_tokens,
                                     place_batch=self.placement.place_batch, echo=self.echo)
         self.engine.update_weights(self.state.params, weight_version="warmstart")
 
@@ -335,7 +341,9 @@ class Trainer:
                    "final_reward_mean": last.get("reward_mean"), "buffer_size": int(self.buffer.size),
                    "skipped_updates": int(self.state.skipped), "optimizer_steps": int(self.state.step),
                    "engine_compiles": getattr(self.engine, "compile_count", None),
-                   "train_step_compiles": self.step_fn._cache_size(), "plots": plots, **self.summary_extra}
+                   "train_step_compiles": self.step_fn._cache_size(),
+                   "warmstart_step_compiles": self.warmstart_step_fn._cache_size() if self.warmstart_step_fn else 0,
+                   "plots": plots, **self.summary_extra}
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         return summary

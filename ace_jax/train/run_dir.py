@@ -68,7 +68,9 @@ def restore_model(run_dir: str, step: int | None = None) -> tuple[Qwen3ForCausal
     with checkpointer(run_dir) as ckpt:
         if ckpt.latest_step() is None:
             raise RunDirError(f"{run_dir} has no checkpoint to export")
-        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), abstract)
+        # Onto this process's first device, whatever topology (processes, mesh) saved it.
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=here), abstract)
         restored = ckpt.restore(target, step=step)
     model = nnx.merge(graphdef, restored.state.params)
     return model, restored.step

@@ -22,23 +22,44 @@ from ace_jax.train.state import TrainState
 
 def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array,
                       attention_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 1024,
-                      return_entropy: bool = False, routed_experts: jax.Array | None = None):
+                      return_entropy: bool = False, completion_start: jax.Array | None = None,
+                      completion_window: int | None = None, routed_experts: jax.Array | None = None):
     """logprob[b, t] of token t given tokens < t ([B, T], column 0 is 0), optionally entropy.
+
+    With `completion_start` [B] (first completion index per row) and a static
+    `completion_window` W, the LM head runs only on tokens start..start+W-1 of each row (the
+    completion; prompts are often longer than answers); other positions are 0.
     `routed_experts` [B, T, moe_layers, k] replays the engine's routing (R3)."""
     model = nnx.merge(graphdef, params)
     out = model.forward(input_ids, attention_mask, routed_experts=routed_experts, compute_logits=False)
+    b, t = input_ids.shape
     # Chunk along each sequence (vmap over rows) so the batch axis stays sharded on a mesh; the
     # per-row chunk keeps the working set near `chunk_size` tokens for the whole micro-batch.
-    row_chunk = max(16, chunk_size // input_ids.shape[0])
+    row_chunk = max(16, chunk_size // b)
     head = model.lm_head_weight().astype(out.hidden.dtype)  # the compute dtype, as forward and the engine
     one = lambda h, y: chunked_logprobs(h[None], head, y[None], temperature=temperature,  # noqa: E731
                                         chunk_size=row_chunk, return_entropy=return_entropy)
-    result = jax.vmap(one)(out.hidden[:, :-1], input_ids[:, 1:])
-    result = tuple(r[:, 0] for r in result) if return_entropy else result[:, 0]
-    pad = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
-    if return_entropy:
-        return pad(result[0]), pad(result[1])
-    return pad(result)
+    windowed = completion_start is not None and completion_window is not None and completion_window < t - 1
+    if windowed:
+        pos = jnp.clip(completion_start[:, None] + jnp.arange(completion_window)[None], 1, t - 1)  # [B, W]
+        hidden = jnp.take_along_axis(out.hidden, (pos - 1)[..., None], axis=1)
+        targets = jnp.take_along_axis(input_ids, pos, axis=1)
+    else:
+        hidden, targets = out.hidden[:, :-1], input_ids[:, 1:]
+    result = jax.vmap(one)(hidden, targets)
+    result = tuple(r[:, 0] for r in result) if return_entropy else (result[:, 0],)
+    if windowed:
+        rows = jnp.arange(b)[:, None]
+        place = lambda x: jnp.zeros((b, t), x.dtype).at[rows, pos].set(x)  # noqa: E731
+    else:
+        place = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
+    placed = tuple(place(r) for r in result)
+    return placed if return_entropy else placed[0]
+
+
+def first_completion_index(loss_mask: jax.Array) -> jax.Array:
+    """[B] index of each row's first loss token (1 for a row without any)."""
+    return jnp.maximum(jnp.argmax(loss_mask > 0, axis=1), 1).astype(jnp.int32)
 
 
 def _split_micro(batch: TrainBatch, micro_batches: int) -> TrainBatch:
@@ -51,18 +72,24 @@ def _split_micro(batch: TrainBatch, micro_batches: int) -> TrainBatch:
 def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, loss_config: LossConfig,
                     *, micro_batches: int = 1, temperature: float = 1.0, logprob_chunk: int = 1024,
                     learning_rate: Callable[[jax.Array], jax.Array] | None = None,
-                    state_sharding: Any = None, batch_sharding: Any = None, donate: bool = True):
-    """(state, batch) -> (state, metrics), jit-compiled; shardings optional (unsharded default)."""
+                    state_sharding: Any = None, batch_sharding: Any = None, donate: bool = True,
+                    completion_window: int | None = None):
+    """(state, batch) -> (state, metrics), jit-compiled; shardings optional (unsharded default).
+
+    `completion_window` (e.g. rollout.max_new_tokens): no completion is longer, so the LM head
+    runs on that many tokens per row instead of the whole sequence."""
     def micro_loss(params, ref_params, mb: TrainBatch, n):
         routed = mb.routed_experts if loss_config.routing_replay else None
+        window = dict(completion_start=first_completion_index(mb.loss_mask), completion_window=completion_window,
+                      routed_experts=routed)
         logprobs, entropy = sequence_logprobs(graphdef, params, mb.input_ids, mb.attention_mask,
                                               temperature=temperature, chunk_size=logprob_chunk,
-                                              return_entropy=True, routed_experts=routed)
+                                              return_entropy=True, **window)
         ref = None
         if loss_config.kl_coef > 0:
             ref = jax.lax.stop_gradient(sequence_logprobs(
                 graphdef, ref_params, mb.input_ids, mb.attention_mask,
-                temperature=temperature, chunk_size=logprob_chunk, routed_experts=routed))
+                temperature=temperature, chunk_size=logprob_chunk, **window))
         # Old logprobs: the behaviour policy's (the engine's) or the proximal (current) policy's.
         old = mb.rollout_logprobs if loss_config.old_logprobs == "behaviour" else logprobs
         terms = policy_loss_terms(

@@ -50,11 +50,13 @@ def warmstart_targets(codec, tasks: dict[str, Task]) -> dict[str, list[list[int]
 
 
 def warm_start(step_fn, state, codec, tasks: dict[str, Task], *, steps: int, rows: int, buckets: tuple[int, ...],
-               seed: int, place_batch: Callable | None = None, echo: Callable[[str], None] = print):
-    """Run `steps` behaviour-cloning updates of `rows` (prompt, target) pairs; returns the state."""
+               seed: int, max_new_tokens: int | None = None, place_batch: Callable | None = None,
+               echo: Callable[[str], None] = print):
+    """Run `steps` behaviour-cloning updates of `rows` (prompt, target) pairs; returns the state.
+    Targets are cut to `max_new_tokens`: the policy never generates more."""
     rng = np.random.default_rng(seed)
     task_list = [tasks[k] for k in sorted(tasks)]
-    targets = warmstart_targets(codec, tasks)
+    targets = {k: [ids[:max_new_tokens] for ids in v] for k, v in warmstart_targets(codec, tasks).items()}
     prompts_by_task = {t.id: codec.encode_prompt(State(t.id), t) for t in task_list}
     for i in range(steps):
         picks = [task_list[j] for j in rng.integers(len(task_list), size=rows)]

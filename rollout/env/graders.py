@@ -6,6 +6,7 @@ columns, wrong row count, unknown / duplicate / missing ids, NaN, wrong dtype or
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import os
@@ -20,6 +21,9 @@ from rollout.env.metrics import get_metric
 from rollout.env.tasks import Task
 
 MAX_SUBMISSION_BYTES = 64 << 20
+MAX_REASON_CHARS = 400  # a reason goes into prompts and the buffer's payloads
+MAX_HEADER_BYTES = 64 << 10
+EXTRA_COLUMNS_ALLOWED = 16  # beyond the expected ones, before pandas is asked to parse
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,9 @@ class GradeResult:
 
 
 def invalid(reason: str) -> GradeResult:
+    """An invalid grade; the reason is cut to MAX_REASON_CHARS."""
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS - 16] + " ... [truncated]"
     return GradeResult(False, None, reason)
 
 
@@ -75,6 +82,25 @@ def _is_int_like(labels) -> bool:
 
 def _read_csv(data: bytes) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, na_values=[""])
+
+
+def shape_problem(task: Task, data: bytes, n_rows: int) -> str | None:
+    """Bounds checked on the raw bytes before pandas parses them (a parse costs rows x columns).
+
+    The header must be short with at most a few more columns than expected, and the file may
+    hold at most about twice the expected lines. None when the shape is plausible."""
+    cfg = task.config
+    expected = [cfg.id_column, *cfg.submission_columns]
+    first = data.split(b"\n", 1)[0]
+    if len(first) > MAX_HEADER_BYTES:
+        return f"the header line is longer than {MAX_HEADER_BYTES} bytes (expected columns {', '.join(expected)})"
+    header = next(csv.reader([first.decode("utf-8", errors="replace").rstrip("\r")]), [])
+    if len(header) > len(expected) + EXTRA_COLUMNS_ALLOWED:
+        return f"the header has {len(header)} columns, expected {len(expected)} ({', '.join(expected)})"
+    max_lines = 2 * n_rows + 1000
+    if data.count(b"\n") > max_lines:
+        return f"expected {n_rows} rows, got more than {max_lines} lines"
+    return None
 
 
 def check_and_score(task: Task, sub: pd.DataFrame, answers: pd.DataFrame) -> GradeResult:
@@ -141,14 +167,18 @@ def load_answers(task: Task) -> pd.DataFrame:
 
 
 def grade_bytes(task: Task, data: bytes, answers: pd.DataFrame | None = None) -> GradeResult:
-    """Grade a submission given as CSV bytes."""
+    """Grade a submission given as CSV bytes, its shape bounded before pandas parses it."""
+    answers = load_answers(task) if answers is None else answers
+    problem = shape_problem(task, data, len(answers))
+    if problem is not None:
+        return invalid(problem)
     try:
         sub = _read_csv(data)
     except Exception as exc:  # pandas raises several parser error types
         return invalid(f"could not parse submission.csv as CSV: {str(exc).strip().splitlines()[0][:200]}")
     if len(sub) == 0:
         return invalid("submission.csv has a header but no rows")
-    result = check_and_score(task, sub, load_answers(task) if answers is None else answers)
+    result = check_and_score(task, sub, answers)
     if result.valid and not math.isfinite(result.score):
         return invalid("the metric is not finite for this submission")
     return result

@@ -51,6 +51,34 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+def contained_file(path: Path, root: Path, what: str) -> Path:
+    """`root / path` when it is a regular file inside `root` reached through no symlink, else CannotConvert."""
+    if path.is_absolute() or ".." in path.parts:
+        raise CannotConvert(f"{what} {path} is outside the competition directory {root} (absolute or '..')")
+    current = root
+    for part in path.parts:
+        current = current / part
+        if current.is_symlink():
+            raise CannotConvert(f"{what} {path} goes through the symlink {current}; symlinks are refused")
+    if not current.is_file():
+        raise CannotConvert(f"{what} {current} not found")
+    return current
+
+
+def _answers_path(cfg: dict, data_dir: Path, comp_id: str) -> Path:
+    """The private answers named by config.yaml (relative to the data dir), kept inside `<data>/<comp_id>`."""
+    answers_rel = (cfg.get("dataset") or {}).get("answers")
+    comp_root = data_dir / comp_id
+    if not answers_rel:
+        return contained_file(Path("prepared/private/test.csv"), comp_root, "answers file")
+    rel = Path(str(answers_rel))
+    if rel.is_absolute():
+        raise CannotConvert(f"answers file {rel} is an absolute path; it must be relative to the data directory")
+    if not rel.parts or rel.parts[0] != comp_id:
+        raise CannotConvert(f"answers file {rel} is outside the competition directory {comp_root}")
+    return contained_file(Path(*rel.parts[1:]), comp_root, "answers file")
+
+
 def _config(comp_dirs: list[Path], comp_id: str) -> tuple[dict, Path]:
     for base in comp_dirs:
         path = base / comp_id / "config.yaml"
@@ -90,13 +118,12 @@ def convert(comp_id: str, data_dir: Path, comp_dirs: list[Path], dest: Path, spl
     missing = [f for f in PUBLIC_FILES if not (public / f).is_file()]
     if missing:
         raise CannotConvert(f"public data lacks {', '.join(missing)}")
+    for name in PUBLIC_FILES:
+        contained_file(Path(name), public, "public file")
     extra = sorted(p.name for p in public.iterdir() if p.name not in PUBLIC_FILES and p.name != "description.md")
     if extra:
         raise CannotConvert(f"public data is not a plain tabular triple (also has {', '.join(extra[:5])})")
-    answers_rel = (cfg.get("dataset") or {}).get("answers")
-    answers_path = data_dir / answers_rel if answers_rel else data_dir / comp_id / "prepared" / "private" / "test.csv"
-    if not answers_path.is_file():
-        raise CannotConvert(f"answers file {answers_path} not found")
+    answers_path = _answers_path(cfg, data_dir, comp_id)
     desc_path = comp_dir / Path(str(cfg.get("description", "description.md"))).name
     if not desc_path.is_file():
         raise CannotConvert(f"description {desc_path} not found")
@@ -117,9 +144,10 @@ def convert(comp_id: str, data_dir: Path, comp_dirs: list[Path], dest: Path, spl
             raise CannotConvert(f"answers lack the target column {target!r}")
         answers = answers[[id_col, target]]
         classes: tuple[str, ...] = ()
-        if metric.kind == "classification":
-            seen = set(answers[target].str.strip()) | (set(train[target].str.strip()) if target in train else set())
-            classes = tuple(sorted(seen))
+        if metric.kind == "classification":  # from public data only: a test-only label must not reach prompts
+            if target not in train:
+                raise CannotConvert(f"train.csv lacks the target column {target!r} to take the class list from")
+            classes = tuple(sorted(set(train[target].str.strip())))
             if metric.output == "proba_positive" and len(classes) != 2:
                 raise CannotConvert(f"auc-roc needs exactly 2 classes, found {len(classes)}")
     scores = _leaderboard_scores(comp_dir / "leaderboard.csv")

@@ -53,6 +53,7 @@ class Limits:
     memory_mb: int = 4096  # RLIMIT_AS (and the cgroup memory limit under docker)
     max_procs: int = 64  # RLIMIT_NPROC per slot uid (and the pids limit under docker)
     max_file_mb: int = 64  # RLIMIT_FSIZE: any file written, stdout and stderr included
+    max_open_files: int = 1024  # RLIMIT_NOFILE per process
     work_mb: int = 512  # size of the writable work directory (a tmpfs)
     tmp_mb: int = 64  # size of /tmp
     cpus: float = 1.0  # CPU share under docker
@@ -61,6 +62,12 @@ class Limits:
     @property
     def cpu_seconds(self) -> int:
         return self.cpu_s if self.cpu_s is not None else int(self.timeout_s) + 2
+
+    def prlimit_args(self) -> list[str]:
+        """`prlimit` setting this run's rlimits on the command that follows."""
+        return ["prlimit", f"--cpu={self.cpu_seconds}", f"--as={self.memory_mb << 20}",
+                f"--fsize={self.max_file_mb << 20}", f"--nproc={self.max_procs}",
+                f"--nofile={self.max_open_files}", "--core=0", "--"]
 
 
 @dataclass

@@ -15,6 +15,12 @@ prlimit + bwrap, which map them back to their original paths.
 `--as-pid-1` makes the wrapper shell the namespace's init, which bwrap itself reaps: bwrap's
 own init would otherwise outlive bwrap as a zombie until the host's init reaps it, and a
 zombie still counts against the slot uid's process limit.
+
+Every run starts under a fresh session keyring (launcher.py), with the seccomp policy of
+seccomp.py and RLIMIT_NOFILE. Aggregate limits: a cgroup v2 group per slot (memory.max,
+cpu.max, pids.max) where the host delegates one; otherwise, as root, the slot uid's memory
+(its processes' anonymous and shared pages plus its tmpfs) is polled and the run killed past
+`memory_mb`; the backend says once at start which of these applies.
 """
 
 from __future__ import annotations
@@ -25,10 +31,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rollout.sandbox import seccomp
 from rollout.sandbox.base import (OUTBOX_DIR, OUTBOX_FILES, WORK_DIR, WRAPPER, ExecResult, Limits, Sandbox,
                                   SandboxUnavailable, read_capped, read_tail, sandbox_env)
+from rollout.sandbox.cgroups import SlotCgroups
+from rollout.sandbox.launcher import launcher
 from rollout.sandbox.process import run_with_timeout
-from rollout.sandbox.slots import SlotDirs, UidPool, check_readable, check_traversable, is_root, kill_uid
+from rollout.sandbox.slots import (SlotDirs, UidPool, check_readable, check_traversable, is_root, kill_uid,
+                                   memory_of)
 from rollout.sandbox.solution_env import SolutionEnv, check_paths
 
 log = logging.getLogger(__name__)
@@ -77,6 +87,12 @@ class BwrapSandbox(Sandbox):
                 raise
         self.uids = UidPool(**({"base": uid_base} if uid_base is not None else {})) if self.root_mode else None
         self._slot_uid: dict[int, int] = {}
+        self.cgroups = SlotCgroups()
+        self.aggregate = "cgroup" if self.cgroups.available else "uid-memory-poll" if self.root_mode else "none"
+        if not self.cgroups.available:
+            log.warning("bwrap: no cgroup v2 group per slot (%s); %s", self.cgroups.reason,
+                        "aggregate memory is enforced by polling the slot uid's memory, CPU share is not limited"
+                        if self.root_mode else "memory, CPU and process limits are per process only")
 
     def slot_uid(self, slot: int) -> int | None:
         """The unprivileged uid slot `slot` runs as (root mode), claimed on first use."""
@@ -86,8 +102,9 @@ class BwrapSandbox(Sandbox):
             self._slot_uid[slot] = self.uids.acquire()
         return self._slot_uid[slot]
 
-    def _bwrap_args(self, slot_dir: Path, sources: dict[str, str], limits: Limits) -> list[str]:
-        args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+    def _bwrap_args(self, slot_dir: Path, sources: dict[str, str], limits: Limits, seccomp_fd: int) -> list[str]:
+        args = ["bwrap", "--seccomp", str(seccomp_fd),
+                "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
                 "--new-session", "--as-pid-1", "--clearenv", "--cap-drop", "ALL",
                 "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
@@ -107,17 +124,16 @@ class BwrapSandbox(Sandbox):
             args += ["--setenv", key, value]
         return args + ["/bin/sh", "-c", WRAPPER, "sh", OUTBOX_DIR, self.env.python]
 
-    def _prlimit(self, limits: Limits) -> list[str]:
-        fsize = limits.max_file_mb << 20
-        return ["prlimit", f"--cpu={limits.cpu_seconds}", f"--as={limits.memory_mb << 20}",
-                f"--fsize={fsize}", f"--nproc={limits.max_procs}", "--core=0", "--"]
-
-    def command(self, slot_dir: Path, data_dir: Path, limits: Limits, uid: int | None) -> list[str]:
+    def command(self, slot_dir: Path, data_dir: Path, limits: Limits, uid: int | None, seccomp_fd: int,
+                cgroup_procs: str | None = None) -> list[str]:
         """The full launch command for one run."""
+        return launcher(self._command(slot_dir, data_dir, limits, uid, seccomp_fd), cgroup_procs)
+
+    def _command(self, slot_dir: Path, data_dir: Path, limits: Limits, uid: int | None, seccomp_fd: int) -> list[str]:
         external = [*self.env.mounts, str(data_dir)]
         if uid is None:
             sources = dict(zip(self.env.mounts, self.env.mounts), data=str(data_dir))
-            return self._prlimit(limits) + self._bwrap_args(slot_dir, sources, limits)
+            return limits.prlimit_args() + self._bwrap_args(slot_dir, sources, limits, seccomp_fd)
         alias = slot_dir / "alias"
         alias.mkdir(exist_ok=True)
         names = [*self.env.mounts, "data"]
@@ -125,7 +141,8 @@ class BwrapSandbox(Sandbox):
         drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
                 "--inh-caps=-all", "--bounding-set=-all", "--"]
         return (["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", ALIAS_SCRIPT, "sh",
-                 str(alias), *external, "--"] + drop + self._prlimit(limits) + self._bwrap_args(slot_dir, sources, limits))
+                 str(alias), *external, "--"] + drop + limits.prlimit_args()
+                + self._bwrap_args(slot_dir, sources, limits, seccomp_fd))
 
     def run(self, script: str, data_dir, limits: Limits = Limits(), slot: int = 0) -> ExecResult:
         data_dir = Path(data_dir).resolve()
@@ -135,13 +152,26 @@ class BwrapSandbox(Sandbox):
         if uid is not None:
             check_readable(data_dir)
         slot_dir = self.dirs.reset(slot, script, uid)
-        argv = self.command(slot_dir, data_dir, limits, uid)
-        code, timed_out, runtime = run_with_timeout(argv, limits.timeout_s, slot_dir / "launcher.log")
-        if uid is not None:
-            kill_uid(uid)
-        return self._collect(slot_dir, code, timed_out, runtime, limits)
+        procs = self.cgroups.prepare(slot, limits) if self.cgroups.available else None
+        oom_before = self.cgroups.oom_kills(slot) if procs else 0
+        watch = None
+        if procs is None and uid is not None:
+            cap, tmpfs = limits.memory_mb << 20, (WORK_DIR, "/tmp", "/dev/shm")
+            watch = lambda: memory_of(uid, tmpfs) > cap  # noqa: E731
+        fd = seccomp.bpf_fd()
+        try:
+            argv = self.command(slot_dir, data_dir, limits, uid, fd, procs)
+            launch = run_with_timeout(argv, limits.timeout_s, slot_dir / "launcher.log", pass_fds=(fd,), watch=watch)
+        finally:
+            os.close(fd)
+            if procs is not None:
+                self.cgroups.kill(slot)
+            if uid is not None:
+                kill_uid(uid)
+        oom = launch.tripped or (procs is not None and self.cgroups.oom_kills(slot) > oom_before)
+        return self._collect(slot_dir, launch.code, launch.timed_out, launch.runtime_s, limits, oom)
 
-    def _collect(self, slot_dir: Path, code, timed_out, runtime, limits: Limits) -> ExecResult:
+    def _collect(self, slot_dir: Path, code, timed_out, runtime, limits: Limits, oom: bool = False) -> ExecResult:
         outbox = slot_dir / "outbox"
         out, n_out = read_tail(outbox / "stdout", limits.tail_bytes)
         err, n_err = read_tail(outbox / "stderr", limits.tail_bytes)
@@ -150,7 +180,7 @@ class BwrapSandbox(Sandbox):
             log.warning("bwrap launcher said: %s", launcher.strip()[-500:])
             err = (err + "\n[sandbox] " + launcher.strip()[-500:]).lstrip()
         return ExecResult(self.name, code, timed_out, runtime, out, err, n_out, n_err,
-                          read_capped(outbox / "submission.csv", limits.max_file_mb << 20), limits=limits)
+                          read_capped(outbox / "submission.csv", limits.max_file_mb << 20), oom, limits)
 
     def close(self) -> None:
         try:
@@ -160,6 +190,7 @@ class BwrapSandbox(Sandbox):
             if self.uids is not None:
                 self.uids.release_all()
             self._slot_uid.clear()
+            self.cgroups.close()
             self.dirs.close()
 
 

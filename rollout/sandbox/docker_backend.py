@@ -5,8 +5,9 @@ environment bind-mounted read-only, the task's public data read-only at data/, a
 root, size-limited tmpfs work dir and /tmp, memory = memory+swap cgroup limit (an OOM kill
 is reported as such), pids and CPU limits,
 all capabilities dropped, no-new-privileges, the slot's unprivileged uid, rlimits, stdout and
-stderr written to size-capped outbox files (the log driver is off). Wait with a timeout,
-kill on expiry, always remove.
+stderr written to size-capped outbox files (the log driver is off), the seccomp policy of
+seccomp.py (runc gives each container a fresh session keyring). Wait with a timeout, kill on
+expiry (a container that exits just then is not an error), always remove.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from rollout.sandbox import seccomp
 from rollout.sandbox.base import (OUTBOX_DIR, OUTBOX_FILES, WORK_DIR, WRAPPER, ExecResult, Limits, Sandbox,
                                   SandboxError, SandboxUnavailable, read_capped, read_tail, sandbox_env)
 from rollout.sandbox.image import ensure_image
@@ -60,6 +62,7 @@ class DockerSandbox(Sandbox):
         self.uids = UidPool(**({"base": uid_base} if uid_base is not None else {})) if self.root_mode else None
         self.uid_base = uid_base or UID_BASE
         self._slot_uid: dict[int, int] = {}
+        self.seccomp_profile = seccomp.docker_profile()
 
     def _client(self, slot: int):
         """One docker client per slot (requests sessions are not shared across threads)."""
@@ -92,6 +95,7 @@ class DockerSandbox(Sandbox):
         ulimits = [Ulimit(name="fsize", soft=fsize, hard=fsize),
                    Ulimit(name="cpu", soft=limits.cpu_seconds, hard=limits.cpu_seconds),
                    Ulimit(name="nproc", soft=limits.max_procs, hard=limits.max_procs),
+                   Ulimit(name="nofile", soft=limits.max_open_files, hard=limits.max_open_files),
                    Ulimit(name="core", soft=0, hard=0)]
         return dict(
             image=self.image, command=["/bin/sh", "-c", WRAPPER, "sh", OUTBOX_DIR, self.env.python],
@@ -100,7 +104,8 @@ class DockerSandbox(Sandbox):
             tmpfs={"/tmp": f"size={limits.tmp_mb}m,mode=1777", WORK_DIR: f"size={limits.work_mb}m,mode=1777"},
             mounts=self._mounts(slot_dir, data_dir), mem_limit=f"{limits.memory_mb}m",
             memswap_limit=f"{limits.memory_mb}m", pids_limit=limits.max_procs,
-            nano_cpus=int(limits.cpus * 1e9), cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            nano_cpus=int(limits.cpus * 1e9), cap_drop=["ALL"],
+            security_opt=["no-new-privileges", f"seccomp={self.seccomp_profile}"],
             ulimits=ulimits, log_config=LogConfig(type="none"), labels={LABEL: "1"},
         )
 
@@ -128,7 +133,7 @@ class DockerSandbox(Sandbox):
                 code = int(container.wait(timeout=remaining)["StatusCode"])
             except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
                 timed_out = True
-                container.kill()
+                kill_container(container)
             container.reload()
             oom = bool(container.attrs["State"].get("OOMKilled"))
         except Exception as exc:
@@ -166,6 +171,18 @@ class DockerSandbox(Sandbox):
                     pass
             self._clients.clear()
             self.dirs.close()
+
+
+def kill_container(container) -> None:
+    """SIGKILL a container; one that already exited (the timeout raced its exit) is fine."""
+    import docker.errors
+
+    try:
+        container.kill()
+    except docker.errors.APIError as exc:
+        container.reload()
+        if container.status == "running":
+            raise SandboxError(f"docker could not kill sandbox container {container.id[:12]}: {exc}") from exc
 
 
 def leftover_containers(client) -> list:

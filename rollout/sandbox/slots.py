@@ -64,28 +64,46 @@ class UidPool:
             self.release(uid)
 
 
-def processes_of(uid: int) -> list[int]:
-    """Live (non-zombie) pids whose real uid is `uid`.
-
-    Zombies are skipped: they run nothing, and a dead namespace's init can linger as one until
-    the host's init reaps it."""
-    pids = []
+def _statuses_of(uid: int):
+    """(pid, /proc/<pid>/status fields) of the live (non-zombie) processes whose real uid is `uid`."""
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/status", "rb") as f:
-                state = b""
-                for line in f:
-                    if line.startswith(b"State:"):
-                        state = line.split()[1]
-                    elif line.startswith(b"Uid:"):
-                        if int(line.split()[1]) == uid and state not in (b"Z", b"X"):
-                            pids.append(int(entry.name))
-                        break
-        except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError, IndexError):
+                fields = dict(line.split(b":", 1) for line in f if b":" in line)
+            if int(fields[b"Uid"].split()[0]) == uid and fields[b"State"].split()[0] not in (b"Z", b"X"):
+                yield int(entry.name), fields
+        except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError, IndexError, KeyError):
             continue
-    return pids
+
+
+def processes_of(uid: int) -> list[int]:
+    """Live (non-zombie) pids whose real uid is `uid`.
+
+    Zombies are skipped: they run nothing, and a dead namespace's init can linger as one until
+    the host's init reaps it."""
+    return [pid for pid, _ in _statuses_of(uid)]
+
+
+def memory_of(uid: int, tmpfs_dirs: tuple[str, ...] = ()) -> int:
+    """Bytes a slot uid holds: anonymous and shared memory of its processes, plus what its tmpfs
+    mounts hold (`tmpfs_dirs`, seen through /proc/<pid>/root of one of its processes that is
+    inside the sandbox: where the first of them exists; the host has no such directory)."""
+    total, pids = 0, []
+    for pid, fields in _statuses_of(uid):
+        pids.append(pid)
+        for key in (b"RssAnon", b"RssShmem"):
+            if key in fields:
+                total += int(fields[key].split()[0]) << 10
+    inside = next((p for p in pids if tmpfs_dirs and os.path.isdir(f"/proc/{p}/root{tmpfs_dirs[0]}")), None)
+    for d in tmpfs_dirs if inside is not None else ():
+        try:
+            st = os.statvfs(f"/proc/{inside}/root{d}")
+            total += (st.f_blocks - st.f_bfree) * st.f_frsize
+        except OSError:
+            continue
+    return total
 
 
 def kill_uid(uid: int, timeout_s: float = 5.0) -> int:
@@ -126,14 +144,50 @@ def check_readable(data_dir: Path) -> None:
                                f"(mode {oct(mode & 0o777)}); make the task data world-readable (chmod -R o+rX)")
 
 
+SLOT_PREFIX = "ace-jax-sandbox-"
+OWNER_LOCK = ".owner.lock"
+
+
+def sweep_stale_slot_dirs(parent: str | os.PathLike | None = None) -> list[Path]:
+    """Remove slot roots under `parent` (the temp dir) whose owner died without cleaning up.
+
+    A live owner holds an flock on the root's `.owner.lock`; a root whose lock can be taken
+    belongs to a dead process (a SIGKILL skips cleanup). Roots without the lock file are left."""
+    removed = []
+    for root in Path(parent or tempfile.gettempdir()).glob(SLOT_PREFIX + "*"):
+        try:
+            fd = os.open(root / OWNER_LOCK, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        finally:
+            os.close(fd)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
+    return removed
+
+
 class SlotDirs:
-    """Host directories of the slots: `<root>/slot-<n>/{outbox/, solution.py, ...}`."""
+    """Host directories of the slots: `<root>/slot-<n>/{outbox/, solution.py, ...}`.
+
+    A root made here (in the temp dir) is locked by this process and swept by the next one
+    to start if this one dies without removing it."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         self._own = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="ace-jax-sandbox-")) if root is None else Path(root)
+        self._lock_fd: int | None = None
+        if root is None:
+            sweep_stale_slot_dirs()
+        self.root = Path(tempfile.mkdtemp(prefix=SLOT_PREFIX)) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
+        if self._own:  # locked before it gets the name a sweeper looks for
+            self._lock_fd = os.open(self.root / (OWNER_LOCK + ".new"), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            os.rename(self.root / (OWNER_LOCK + ".new"), self.root / OWNER_LOCK)
 
     def slot(self, n: int) -> Path:
         path = self.root / f"slot-{n}"
@@ -163,3 +217,6 @@ class SlotDirs:
     def close(self) -> None:
         if self._own:
             shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -46,10 +46,8 @@ class SubprocessSandbox(Sandbox):
         (work / "data").symlink_to(data_dir)
         shutil.copy(slot_dir / "solution.py", work / "solution.py")
         fsize = limits.max_file_mb << 20
-        argv = ["prlimit", f"--cpu={limits.cpu_seconds}", f"--as={limits.memory_mb << 20}", f"--fsize={fsize}",
-                f"--nproc={limits.max_procs}", "--core=0", "--",
-                "/bin/sh", "-c", WRAPPER, "sh", str(slot_dir / "outbox"), self.env.python]
-        code, timed_out, runtime = run_with_timeout(argv, limits.timeout_s, slot_dir / "launcher.log",
+        argv = limits.prlimit_args() + ["/bin/sh", "-c", WRAPPER, "sh", str(slot_dir / "outbox"), self.env.python]
+        code, timed_out, runtime, _ = run_with_timeout(argv, limits.timeout_s, slot_dir / "launcher.log",
                                                     env=sandbox_env(self.env.python, str(work / "tmp")),
                                                     cwd=str(work))
         outbox = slot_dir / "outbox"

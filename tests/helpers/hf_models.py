@@ -39,3 +39,14 @@ def hf_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = 
         out = model(input_ids=torch.as_tensor(np.asarray(input_ids), dtype=torch.long),
                     attention_mask=None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask)))
     return out.logits.float().numpy()
+
+
+def rewrite_checkpoint(src, dst, mutate):
+    """Copy a single-file HF checkpoint from `src` to `dst` with its tensors changed by `mutate(dict)`."""
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(src / "model.safetensors"))
+    mutate(tensors)
+    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text((src / "config.json").read_text())
+    return dst

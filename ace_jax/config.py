@@ -57,6 +57,7 @@ class EnvSection:
     executor: str = "local"             # "local" (threads here) or "ray" (sandbox actors; the 'ray' extra)
     ray_address: str = ""               # ray: "" starts a local cluster (or RAY_ADDRESS), "auto", "ray://head:10001"
     ray_actors: int = 1                 # ray: actors, each with env.workers sandbox slots
+    min_execution_s: float = 0.0        # each execution lasts at least this long (stands in for real ones)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +75,8 @@ class TrainSection:
     heldout_tasks: str = "heldout"      # built-in split or a tasks directory
     heldout_steps: int = 4              # agent steps per task
     heldout_seeds: int = 3              # sampled evaluations at rollout.temperature (plus one greedy)
+    mode: str = "sync"                  # "sync" or "async" (rollouts ahead of the learner)
+    max_staleness: int = 1              # async: a group is used at most this many versions after its own
 
 
 _SECTIONS = {
@@ -213,6 +216,12 @@ def _validate(cfg: ExperimentConfig) -> None:
         check_lengths(cfg)
     except LengthError as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.train.mode not in ("sync", "async"):
+        raise ConfigError(f"config key 'train.mode' is {cfg.train.mode!r}; allowed: ['async', 'sync']")
+    if cfg.train.max_staleness < 0:
+        raise ConfigError(f"config key 'train.max_staleness' must be >= 0, got {cfg.train.max_staleness}")
+    if not cfg.env.min_execution_s >= 0:
+        raise ConfigError(f"config key 'env.min_execution_s' must be >= 0, got {cfg.env.min_execution_s}")
     batch = cfg.rollout.group_size * cfg.rollout.states_per_step
     if batch % cfg.train.micro_batches:
         raise ConfigError(f"config key 'train.micro_batches' ({cfg.train.micro_batches}) must divide the "

@@ -51,7 +51,8 @@ def _shrink(config: Path, tmp_path: Path) -> list[str]:
     common = [f"train.run_dir={tmp_path / 'run'}", "train.steps=2", "train.checkpoint_every=1",
               "train.micro_batches=1", "rollout.states_per_step=2", "rollout.group_size=4", "rollout.oversample=1",
               "rollout.engine=jax", f"env.tasks={_task_dir(tmp_path / 'tasks')}", "env.workers=2",
-              "env.timeout_s=60", "curriculum.capacity=64", "optimizer.warmup_steps=0", f"env.exec_cache_dir={tmp_path / 'exec-cache'}", "train.heldout_steps=1",
+              "env.timeout_s=60", "curriculum.capacity=64", "optimizer.warmup_steps=0",
+              f"env.exec_cache_dir={tmp_path / 'exec-cache'}", "train.heldout_steps=1",
               "train.heldout_seeds=1"]
     if raw.mesh is None:
         common.append("mesh=fsdp_ep")   # the demo runs single-device; in CI it runs expert parallel too

@@ -23,15 +23,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _overrides(run_dir: Path) -> list[str]:
-    return [f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60", "train.checkpoint_every=1",
-            "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.temperature=0.3",
-            "env.sandbox=bwrap",
+def _overrides(run_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return [*extra, f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60",
+            "train.checkpoint_every=1", "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1",
+            "rollout.temperature=0.3", "env.sandbox=bwrap",
             "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64,128]", "mesh=fsdp_ep",
             "train.heldout_eval=false", f"env.exec_cache_dir={run_dir}-exec-cache"]
 
 
-def _launch(run_dir: Path, devices: int, processes: int) -> list[str]:
+def _launch(run_dir: Path, devices: int, processes: int, extra: tuple[str, ...] = ()) -> list[str]:
     port = _free_port()
     procs = []
     for i in range(processes):
@@ -40,7 +40,7 @@ def _launch(run_dir: Path, devices: int, processes: int) -> list[str]:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                        JAX_PROCESS_ID=str(i))
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "ace_jax.cli", "train", "--config", str(DEMO_CONFIG), *_overrides(run_dir)],
+            [sys.executable, "-m", "ace_jax.cli", "train", "--config", str(DEMO_CONFIG), *_overrides(run_dir, extra)],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []
     for p in procs:

@@ -10,6 +10,9 @@ from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 
 
+OLD_LOGPROBS = ("behaviour", "proximal")
+
+
 @dataclass(frozen=True)
 class LossConfig(ConfigMixin):
     """Loss and advantage settings (defaults: acegrpo.md, "GRPO update").
@@ -33,12 +36,21 @@ class LossConfig(ConfigMixin):
     adv_ddof: int = 1
     adv_std_eps: float = 1e-6
     zero_var_threshold: float = 1e-6
+    # The ratio's "old" policy: "behaviour" = the engine's per-token logprobs (the policy that
+    # generated the tokens, possibly S versions stale), so clipping bounds the off-policy step;
+    # "proximal" = the current parameters before this update (ratio 1 at one update per batch;
+    # the truncated IS weight then corrects the engine mismatch).
+    old_logprobs: str = "behaviour"  # OLD_LOGPROBS
+    routing_replay: bool = True  # R3: force the engine's routed experts in the update (MoE only)
 
     def __post_init__(self) -> None:
         _choice("loss", self.loss, POLICY_LOSSES)
         _choice("agg", self.agg, AGGREGATIONS)
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("advantage", self.advantage, ADVANTAGE_ESTIMATORS)
+        _choice("old_logprobs", self.old_logprobs, OLD_LOGPROBS)
+        if not isinstance(self.routing_replay, bool):
+            raise ValueError(f"routing_replay must be true or false, got {self.routing_replay!r}")
         _number("eps_low", self.eps_low, lo=0.0, hi=1.0, hi_open=True)
         _number("eps_high", self.eps_high, lo=0.0)
         _number("gspo_eps_low", self.gspo_eps_low, lo=0.0, hi=1.0, hi_open=True)

@@ -45,7 +45,7 @@ def assemble_batch(rollouts: RolloutRound, advantages: np.ndarray, group_mask: n
                    rng: np.random.Generator | None = None) -> tuple[TrainBatch, int]:
     """The update batch ([k * G] rows) and the number of informative groups in it."""
     chosen, flags = choose_groups(group_mask, k, rng)
-    prompts, completions, adv, lps, keep = [], [], [], [], []
+    prompts, completions, adv, lps, keep, routed = [], [], [], [], [], []
     for g, informative in zip(chosen, flags):
         for j, completion in enumerate(rollouts.completions[g]):
             prompts.append(rollouts.prompts[g])
@@ -53,6 +53,9 @@ def assemble_batch(rollouts: RolloutRound, advantages: np.ndarray, group_mask: n
             lps.append(rollouts.logprobs[g][j])
             adv.append(float(advantages[g, j]) if informative else 0.0)
             keep.append(informative)
-    batch = make_batch(prompts, completions, adv, lps, pad_id=pad_id, buckets=buckets)
+            if rollouts.routed_experts is not None:
+                routed.append(rollouts.routed_experts[g][j])
+    batch = make_batch(prompts, completions, adv, lps, pad_id=pad_id, buckets=buckets,
+                       routed_experts=routed if rollouts.routed_experts is not None else None)
     loss_mask = batch.loss_mask * np.asarray(keep, batch.loss_mask.dtype)[:, None]
     return batch._replace(loss_mask=loss_mask), int(flags.sum())

@@ -32,14 +32,13 @@ class PersistentExecutionCache:
                 self._sandboxes[id(sandbox)] = CachingSandbox(sandbox, self.store)
             return self._sandboxes[id(sandbox)]
 
-    def _run_one(self, sandbox: Sandbox, slot: int, item):
-        return _run_one(self._wrapped(sandbox), slot, item)
-
-    def run(self, pool, items: list) -> list:
+    def run(self, pool, items: list, run_one=_run_one) -> list:
+        """Each distinct item once through `run_one(sandbox, slot, item)`, its sandbox behind the store."""
         keys = [ExecutionCache.key(it) for it in items]
         unique = dict(zip(keys, items))
         self.duplicates += len(items) - len(unique)
-        done = dict(zip(unique, pool.map(self._run_one, list(unique.values()))))
+        cached_run = lambda sandbox, slot, item: run_one(self._wrapped(sandbox), slot, item)  # noqa: E731
+        done = dict(zip(unique, pool.map(cached_run, list(unique.values()))))
         return [done[k] for k in keys]
 
     @property

@@ -34,9 +34,9 @@ from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.exec_cache import make_execution_cache
-from ace_jax.train.rollouts import collect
 from ace_jax.train.heldout import heldout_tracker
 from ace_jax.train.metrics_file import METRICS_FILE, MetricsFile
+from ace_jax.train.rollouts import Generated, RolloutRound, execute, generate
 from ace_jax.train.run_state import pack_curriculum, unpack_curriculum, unpack_curriculum_log
 from ace_jax.train.tensorboard import TensorBoardWriter
 from ace_jax.train.state import create_train_state
@@ -146,12 +146,14 @@ class Trainer:
         self.sampler = LearnabilitySampler(seed=cfg.train.seed)
         self.curriculum_log = MetricsLog()
         self.history: list[dict[str, Any]] = []
+        self.summary_extra: dict[str, Any] = {}  # mode-specific summary entries (async statistics)
         self.step = 0
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
         if self.writer:
             run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.heldout = heldout_tracker(self) if cfg.train.heldout_eval else None
+        self._metrics_file = self._tensorboard = None
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
                   f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
                   f"sandbox {executor.sandbox_name} ({executor.name})")
@@ -194,60 +196,99 @@ class Trainer:
 
     # ------------------------------------------------------------------------- one step
     def train_step(self) -> dict[str, Any]:
-        cfg = self.cfg
-        k, group = cfg.rollout.states_per_step, cfg.rollout.group_size
+        """One synchronous step: a round of rollouts, the curriculum update, the GRPO update."""
         started = time.perf_counter()
-        ids = self.sampler.sample(self.buffer, k * cfg.rollout.oversample, step=self.step)
-        states = [entry_state(self.buffer, int(i), self.task_ids) for i in ids]
-        rollouts = collect(self.engine, self.pool, self.codec, self.tasks, ids, states, group_size=group,
-                           temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                           limits=self.limits, seed=cfg.train.seed * 1_000_003 + self.step,
-                           cache=self.exec_cache)
-        t_rollout = time.perf_counter() - started
-        self.buffer.record(ids, rollouts.rewards, rollouts.successes, self.step)
+        ids, states = self.sample_round(self.step)
+        rollouts = self.execute_round(self.generate_round(self.step, ids, states))
+        record = self.record_round(self.step, ids, rollouts, time.perf_counter() - started)
+        record = self.learn(rollouts, record, started)
+        if record.pop("updated"):
+            self.engine.update_weights(self.state.params, weight_version=str(self.step + 1))
+        self.step += 1
+        return record
+
+    def sample_round(self, step: int):
+        """(buffer ids, states) of a round: the curriculum's draw for `step`."""
+        ids = self.sampler.sample(self.buffer, self.cfg.rollout.states_per_step * self.cfg.rollout.oversample, step=step)
+        return ids, [entry_state(self.buffer, int(i), self.task_ids) for i in ids]
+
+    def generate_round(self, step: int, ids, states) -> Generated:
+        cfg = self.cfg
+        routed = self.loss_config.routing_replay and self.model_config.is_moe and cfg.rollout.engine == "jax"
+        return generate(self.engine, self.codec, self.tasks, ids, states, group_size=cfg.rollout.group_size,
+                        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                        limits=self.limits, seed=cfg.train.seed * 1_000_003 + step, routed=routed)
+
+    def execute_round(self, generated: Generated) -> RolloutRound:
+        """Execute and grade a round; its execution counts are taken with it (async: in its thread)."""
+        rollouts = execute(generated, self.pool, group_size=self.cfg.rollout.group_size, cache=self.exec_cache,
+                           min_execution_s=self.cfg.env.min_execution_s)
+        rollouts.executions = self.pool.take_counts()
+        rollouts.cached_executions = 0 if self.exec_cache is None else self.exec_cache.hits
+        rollouts.cache_stats = {} if self.exec_cache is None else self.exec_cache.stats()
+        return rollouts
+
+    def record_round(self, step: int, ids, rollouts: RolloutRound, rollout_s: float) -> dict[str, Any]:
+        """Results into the buffer (rewards, new child states); the round's part of the step record."""
+        self.buffer.record(ids, rollouts.rewards, rollouts.successes, step)
         parents, q, ops, hashes, payloads = child_records(
             [pid for pid, row in zip(ids, rollouts.results) for _ in row],
             [r for row in rollouts.results for r in row])
-        children = self.buffer.add_children(parents, q, ops, hashes, payloads, step=self.step) if parents else np.zeros(0)
-        advantages, group_mask, n_zero = compute_advantages(
-            rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
-            std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
-        batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, cfg.train.length_buckets,
-                                              self.codec.pad_id, rng=np.random.default_rng([cfg.train.seed, self.step]))
+        children = self.buffer.add_children(parents, q, ops, hashes, payloads, step=step) if parents else np.zeros(0)
         record: dict[str, Any] = {
-            "step": self.step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
+            "step": step, "states": int(len(ids)), "reward_mean": float(rollouts.rewards.mean()),
             "valid_rate": float(np.mean([[r.valid for r in row] for row in rollouts.results])),
             "success_rate": float(rollouts.successes.mean()), "truncated_rate": float(rollouts.truncated.mean()),
             "best_q": float(max(r.q for row in rollouts.results for r in row)),
-            "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
-            "batch_tokens": int(batch.input_ids.size), "rollout_s": round(t_rollout, 3),
-            "cached_executions": 0 if self.exec_cache is None else self.exec_cache.hits,
-            **({} if self.exec_cache is None else self.exec_cache.stats())}
-        record["executions"], record["executions_here"] = self.pool.take_counts()
+            "rollout_s": round(rollout_s, 3), "cached_executions": rollouts.cached_executions,
+            **getattr(rollouts, "cache_stats", {})}
+        record["executions"], record["executions_here"] = rollouts.executions
+        record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=step)
+        return record
+
+    def learn(self, rollouts: RolloutRound, record: dict[str, Any], started: float) -> dict[str, Any]:
+        """Advantages, the fixed-shape batch and the GRPO update; `record["updated"]` says if it ran."""
+        k = self.cfg.rollout.states_per_step
+        advantages, group_mask, n_zero = compute_advantages(
+            rollouts.rewards, estimator=self.loss_config.advantage, ddof=self.loss_config.adv_ddof,
+            std_eps=self.loss_config.adv_std_eps, zero_var_threshold=self.loss_config.zero_var_threshold)
+        batch, n_informative = assemble_batch(rollouts, advantages, group_mask, k, self.cfg.train.length_buckets,
+                                              self.codec.pad_id,
+                                              rng=np.random.default_rng([self.cfg.train.seed, int(record["step"])]))
+        record = {**record, "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
+                  "batch_tokens": int(batch.input_ids.size), "updated": bool(n_informative)}
         if n_informative:
             with self.placement.tracing():
                 self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
             record.update({k2: float(v) for k2, v in metrics.items()})
-            self.engine.update_weights(self.state.params, weight_version=str(self.step + 1))
         else:
             record["update_skipped_no_signal"] = 1
         record["step_s"] = round(time.perf_counter() - started, 3)
-        record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=self.step)
-        self.step += 1
         return record
 
     # ------------------------------------------------------------------------- the run
-    def save(self) -> None:
-        arrays, meta = pack_curriculum(self.buffer, self.sampler.state_dict(), self.history,
-                                       self.curriculum_log.state_dict())
+    def curriculum_state(self) -> tuple[dict, dict]:
+        """A copy of the buffer's and the sampler's state (what `save` and a resume need)."""
+        return self.buffer.state_dict(), self.sampler.state_dict()
+
+    def restore_curriculum(self, state: tuple[dict, dict]) -> tuple[EvolvingBuffer, LearnabilitySampler]:
+        sampler = LearnabilitySampler(seed=self.cfg.train.seed)
+        sampler.load_state_dict(state[1])
+        return EvolvingBuffer.from_state_dict(state[0]), sampler
+
+    def save(self, curriculum: tuple[dict, dict] | None = None) -> None:
+        """Checkpoint the train state with the curriculum (default: the live buffer and sampler)."""
+        buffer, sampler_state = (self.buffer, self.sampler.state_dict()) if curriculum is None else \
+            (EvolvingBuffer.from_state_dict(curriculum[0]), curriculum[1])
+        arrays, meta = pack_curriculum(buffer, sampler_state, self.history, self.curriculum_log.state_dict())
         self.checkpointer.save(self.step, self.state, arrays=arrays, meta=meta)
 
     def warm_start(self) -> None:
         """Behaviour cloning before the first RL step (`train.warmstart_steps`): spec menus in spec
         mode, the tasks' reference solutions in code mode; with its own optimizer."""
         from ace_jax.train.warmstart import warm_start, warmstart_optimizer, warmstart_state
-        sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0)
+        sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0, old_logprobs="proximal")
         sft = warmstart_optimizer(self.cfg.optimizer, self.cfg.train.warmstart_steps)  # its own moments and lr
         sft_step = make_train_step(self.graphdef, sft.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
                                    temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
@@ -272,35 +313,41 @@ class Trainer:
             self.heldout.measure("before")
         # Lines and events of steps after the checkpoint (a killed run) are dropped first.
         if self.writer:
-            metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
-            tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
+            self._metrics_file = MetricsFile(os.path.join(self.run_dir, METRICS_FILE), start_step=self.step)
+            self._tensorboard = TensorBoardWriter(self.run_dir, start_step=self.step)
         first, times = self.step, []
-        while self.step < total:
-            record = self.train_step()
-            self.history.append({k: v for k, v in record.items() if k != "curriculum"})
-            if self.writer:
-                metrics_file.append(record)
-                tensorboard.write(record)
-            times.append(record["step_s"])
-            rate = np.mean(times[-5:])
-            eta = rate * (total - self.step)
-            self._echo_share(record)
-            self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
-                      f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
-                      f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
-                      f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
-                      f"buffer {record['buffer_size']} | executions {record['executions']} | "
-                      f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
-            if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
-                self.save()
+        if self.cfg.train.mode == "async":
+            from ace_jax.train.learner import run_async
+            run_async(self, total, self.log_step)
+        else:
+            while self.step < total:
+                record = self.train_step()
+                self.log_step(record, total, times)
+                if self.step % self.cfg.train.checkpoint_every == 0 or self.step == total:
+                    self.save()
         self.checkpointer.wait()
-        if self.writer:
-            tensorboard.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
         if self.heldout is not None and (self.step > first or "after" not in self.heldout.results):
             self.heldout.measure("after")
             self.echo(self.heldout.table())
-        summary = self.finish(first)
-        return summary
+        return self.finish(first)
+
+    def log_step(self, record: dict[str, Any], total: int, times: list[float]) -> None:
+        """History, metrics.jsonl and the progress line of a finished step."""
+        self.history.append({k: v for k, v in record.items() if k != "curriculum"})
+        if self._metrics_file is not None:
+            self._metrics_file.append(record)
+            self._tensorboard.write(record)
+        times.append(record["step_s"])
+        eta = np.mean(times[-5:]) * (total - self.step)
+        self._echo_share(record)
+        self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
+                  f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
+                  f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
+                  f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
+                  f"buffer {record['buffer_size']} | executions {record['executions']} | "
+                  f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
 
     def _echo_share(self, record: dict[str, Any]) -> None:
         if jax.process_count() > 1:
@@ -325,7 +372,8 @@ class Trainer:
                    "engine_compiles": getattr(self.engine, "compile_count", None),
                    "train_step_compiles": self.step_fn._cache_size(),
                    "warmstart_step_compiles": self.warmstart_step_fn._cache_size() if self.warmstart_step_fn else 0,
-                   "plots": plots, **(self.heldout.summary() if self.heldout is not None else {})}
+                   "plots": plots, **self.summary_extra,
+                   **(self.heldout.summary() if self.heldout is not None else {})}
         with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         return summary

@@ -7,6 +7,7 @@ the update batch needs, and the step results (child states for the buffer).
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Sequence
 
 import numpy as np
@@ -30,12 +31,31 @@ class RolloutRound:
     rewards: np.ndarray                    # [S, G]
     successes: np.ndarray                  # [S, G] bool
     truncated: np.ndarray                  # [S, G] bool
+    routed_experts: list[list[np.ndarray]] | None = None  # [S][G] engine routing, for routing replay
+    executions: tuple[int, int] = (0, 0)   # sandbox executions started (all processes, this one)
+    cached_executions: int = 0             # the execution cache's hits so far
 
 
 def _run_one(sandbox, slot: int, item) -> StepResult:
     task, response, mode, truncated, limits, parent_q = item
     return env_step(task, response, sandbox, mode=mode, truncated=truncated, slot=slot, limits=limits,
                     parent_q=parent_q)
+
+
+def at_least(seconds: float):
+    """`_run_one` whose sandbox executions last at least `seconds` (`env.min_execution_s`: stands in
+    for real executions, which take minutes, so that overlapping them is measurable); responses
+    rejected before execution are not delayed."""
+    if seconds <= 0:
+        return _run_one
+
+    def run(sandbox, slot: int, item) -> StepResult:
+        started = time.monotonic()
+        result = _run_one(sandbox, slot, item)
+        if result.execution is not None:
+            time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        return result
+    return run
 
 
 class ExecutionCache:
@@ -52,10 +72,10 @@ class ExecutionCache:
         task, response, mode, truncated, _limits, parent_q = item
         return (task.id, mode, response, bool(truncated), round(float(parent_q), 12))
 
-    def run(self, pool: WorkerPool, items: list) -> list[StepResult]:
+    def run(self, pool: WorkerPool, items: list, run_one=_run_one) -> list[StepResult]:
         keys = [self.key(it) for it in items]
         todo = {k: it for k, it in zip(keys, items) if k not in self.entries}
-        for k, result in zip(todo, pool.map(_run_one, list(todo.values()))):
+        for k, result in zip(todo, pool.map(run_one, list(todo.values()))):
             self.entries[k] = result
         self.hits += len(items) - len(todo)
         results = [self.entries[k] for k in keys]
@@ -76,15 +96,28 @@ def _engine_logprobs(completion) -> list[float]:
     return [float(x) for x in completion.logprobs]
 
 
-def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[str, Task],
-            entry_ids: np.ndarray, states: Sequence[State], *, group_size: int, temperature: float,
-            max_new_tokens: int, limits: Limits, seed: int, cache: ExecutionCache | None = None) -> RolloutRound:
-    """Generate G completions per state with fully stated sampling, execute and grade them."""
+@dataclasses.dataclass
+class Generated:
+    """A round's completions before execution: what `execute` needs to grade them."""
+    entry_ids: np.ndarray
+    prompts: list[list[int]]
+    completions: list[list[list[int]]]
+    logprobs: list[list[list[float]]]
+    truncated: list[list[bool]]
+    items: list[tuple]                     # one execution item per completion, in order
+    routed_experts: list[list[np.ndarray]] | None
+
+
+def generate(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], entry_ids: np.ndarray,
+             states: Sequence[State], *, group_size: int, temperature: float, max_new_tokens: int,
+             limits: Limits, seed: int, routed: bool = False) -> Generated:
+    """G completions per state with fully stated sampling (and the engine's routing with `routed`)."""
     prompts = [codec.encode_prompt(s, tasks[s.task_id]) for s in states]
     sampling = [SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
                                max_new_tokens=max_new_tokens, stop_token_ids=codec.stop_ids,
                                seed=seed * 100_003 + i * group_size) for i in range(len(states))]
-    requests = [GenerateRequest(p, s, n=group_size, return_logprob=True) for p, s in zip(prompts, sampling)]
+    requests = [GenerateRequest(p, s, n=group_size, return_logprob=True, return_routed_experts=routed)
+                for p, s in zip(prompts, sampling)]
     outputs = engine.generate(requests)
     items, completions, logprobs, truncated = [], [], [], []
     for state, samples in zip(states, outputs):
@@ -94,9 +127,28 @@ def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[s
         for c in samples:
             items.append((tasks[state.task_id], codec.decode_response(list(c.token_ids)), codec.mode,
                           c.finish_reason == "length", limits, state.q))
-    flat = cache.run(pool, items) if cache is not None else pool.map(_run_one, items)
-    results = [flat[i * group_size:(i + 1) * group_size] for i in range(len(states))]
-    rewards = np.array([[r.reward.reward for r in row] for row in results], np.float64).reshape(len(states), group_size)
-    successes = np.array([[r.reward.success for r in row] for row in results], bool).reshape(len(states), group_size)
-    return RolloutRound(np.asarray(entry_ids), prompts, completions, logprobs, results, rewards, successes,
-                        np.array(truncated, bool).reshape(len(states), group_size))
+    experts = [[c.routed_experts for c in samples] for samples in outputs] if routed else None
+    return Generated(np.asarray(entry_ids), prompts, completions, logprobs, truncated, items, experts)
+
+
+def execute(generated: Generated, pool: WorkerPool, *, group_size: int, cache: ExecutionCache | None = None,
+            min_execution_s: float = 0.0) -> RolloutRound:
+    """Execute and grade a generated round (each execution lasting at least `min_execution_s`)."""
+    run_one, items, n = at_least(min_execution_s), generated.items, len(generated.prompts)
+    flat = cache.run(pool, items, run_one) if cache is not None else pool.map(run_one, items)
+    results = [flat[i * group_size:(i + 1) * group_size] for i in range(n)]
+    rewards = np.array([[r.reward.reward for r in row] for row in results], np.float64).reshape(n, group_size)
+    successes = np.array([[r.reward.success for r in row] for row in results], bool).reshape(n, group_size)
+    return RolloutRound(generated.entry_ids, generated.prompts, generated.completions, generated.logprobs, results,
+                        rewards, successes, np.array(generated.truncated, bool).reshape(n, group_size),
+                        generated.routed_experts)
+
+
+def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[str, Task],
+            entry_ids: np.ndarray, states: Sequence[State], *, group_size: int, temperature: float,
+            max_new_tokens: int, limits: Limits, seed: int, cache: ExecutionCache | None = None,
+            routed: bool = False, min_execution_s: float = 0.0) -> RolloutRound:
+    """`generate` then `execute`: one synchronous round."""
+    generated = generate(engine, codec, tasks, entry_ids, states, group_size=group_size, temperature=temperature,
+                         max_new_tokens=max_new_tokens, limits=limits, seed=seed, routed=routed)
+    return execute(generated, pool, group_size=group_size, cache=cache, min_execution_s=min_execution_s)

@@ -30,7 +30,9 @@ def train_state_sharding(state: TrainState, optimizer: optax.GradientTransformat
 
 
 def batch_sharding_for(batch: TrainBatch, mesh, rules) -> TrainBatch:
-    return TrainBatch(*(batch_sharding(mesh, rules, x.shape, ("batch", "seq")[: len(x.shape)]) for x in batch))
+    return TrainBatch(*(None if x is None else
+                        batch_sharding(mesh, rules, x.shape, (("batch", "seq") + (None,) * x.ndim)[: x.ndim])
+                        for x in batch))
 
 
 def shard(tree: Any, shardings: Any) -> Any:

@@ -23,14 +23,15 @@ from ace_jax.train.state import TrainState
 def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array,
                       attention_mask: jax.Array, *, temperature: float = 1.0, chunk_size: int = 1024,
                       return_entropy: bool = False, completion_start: jax.Array | None = None,
-                      completion_window: int | None = None):
+                      completion_window: int | None = None, routed_experts: jax.Array | None = None):
     """logprob[b, t] of token t given tokens < t ([B, T], column 0 is 0), optionally entropy.
 
     With `completion_start` [B] (first completion index per row) and a static
     `completion_window` W, the LM head runs only on tokens start..start+W-1 of each row (the
-    completion; prompts are often longer than answers); other positions are 0."""
+    completion; prompts are often longer than answers); other positions are 0.
+    `routed_experts` [B, T, moe_layers, k] replays the engine's routing (R3)."""
     model = nnx.merge(graphdef, params)
-    out = model.forward(input_ids, attention_mask, compute_logits=False)
+    out = model.forward(input_ids, attention_mask, routed_experts=routed_experts, compute_logits=False)
     b, t = input_ids.shape
     # Chunk along each sequence (vmap over rows) so the batch axis stays sharded on a mesh; the
     # per-row chunk keeps the working set near `chunk_size` tokens for the whole micro-batch.
@@ -78,7 +79,9 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     `completion_window` (e.g. rollout.max_new_tokens): no completion is longer, so the LM head
     runs on that many tokens per row instead of the whole sequence."""
     def micro_loss(params, ref_params, mb: TrainBatch, n):
-        window = dict(completion_start=first_completion_index(mb.loss_mask), completion_window=completion_window)
+        routed = mb.routed_experts if loss_config.routing_replay else None
+        window = dict(completion_start=first_completion_index(mb.loss_mask), completion_window=completion_window,
+                      routed_experts=routed)
         logprobs, entropy = sequence_logprobs(graphdef, params, mb.input_ids, mb.attention_mask,
                                               temperature=temperature, chunk_size=logprob_chunk,
                                               return_entropy=True, **window)
@@ -87,8 +90,10 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
             ref = jax.lax.stop_gradient(sequence_logprobs(
                 graphdef, ref_params, mb.input_ids, mb.attention_mask,
                 temperature=temperature, chunk_size=logprob_chunk, **window))
+        # Old logprobs: the behaviour policy's (the engine's) or the proximal (current) policy's.
+        old = mb.rollout_logprobs if loss_config.old_logprobs == "behaviour" else logprobs
         terms = policy_loss_terms(
-            logprobs, jax.lax.stop_gradient(logprobs), mb.advantages, mb.loss_mask, config=loss_config,
+            logprobs, jax.lax.stop_gradient(old), mb.advantages, mb.loss_mask, config=loss_config,
             ref_logprobs=ref, rollout_logprobs=mb.rollout_logprobs,
             entropy=jax.lax.stop_gradient(entropy))
         valid = mb.loss_mask.astype(bool)

@@ -1,0 +1,54 @@
+"""The ratio's old policy: the behaviour policy (engine logprobs) or the proximal (current) one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ace_jax.grpo import LossConfig
+from ace_jax.models import Qwen3ForCausalLM, get_config
+from ace_jax.train import create_train_state, make_batch, make_train_step, sequence_logprobs
+
+CFG = get_config("tiny-moe")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A state and a batch whose engine logprobs are the current policy's, shifted by +-0.5."""
+    graphdef, state = create_train_state(Qwen3ForCausalLM(CFG, rngs=nnx.Rngs(0)), optax.sgd(0.0))
+    rng = np.random.RandomState(0)
+    prompts = [list(rng.randint(3, CFG.vocab_size, 5)) for _ in range(4)]
+    comps = [list(rng.randint(3, CFG.vocab_size, 6)) for _ in range(4)]
+    batch = make_batch(prompts, comps, [1.0, -1.0, 1.0, -1.0], buckets=(16,))
+    current = np.asarray(sequence_logprobs(graphdef, state.params, jnp.asarray(batch.input_ids),
+                                           jnp.asarray(batch.attention_mask)))
+    shift = np.where(rng.rand(*current.shape) < 0.5, -0.5, 0.5)
+    behaviour = np.where(batch.loss_mask > 0, current + shift, 0.0).astype(np.float32)
+    return graphdef, state, batch._replace(rollout_logprobs=behaviour), current
+
+
+def _metrics(setup, old):
+    graphdef, state, batch, _ = setup
+    step = make_train_step(graphdef, optax.sgd(0.0), LossConfig(old_logprobs=old), donate=False)
+    return {k: float(v) for k, v in step(state, jax.tree.map(jnp.asarray, batch))[1].items()}
+
+
+def test_behaviour_ratio_is_against_the_engine_and_clips(setup):
+    _, _, batch, current = setup
+    m = _metrics(setup, "behaviour")
+    mask = batch.loss_mask > 0
+    expected = np.exp(current - batch.rollout_logprobs)[mask].mean()
+    assert m["ratio_mean"] == pytest.approx(expected, rel=1e-4)
+    assert m["clip_frac_low"] > 0 and m["clip_frac_high"] > 0  # exp(+-0.5) is outside [0.8, 1.28]
+
+
+def test_proximal_ratio_is_one_by_construction(setup):
+    m = _metrics(setup, "proximal")
+    assert m["ratio_mean"] == pytest.approx(1.0) and m["clip_frac_low"] == m["clip_frac_high"] == 0.0
+
+
+def test_unknown_old_policy_is_refused():
+    with pytest.raises(ValueError, match="old_logprobs"):
+        LossConfig(old_logprobs="current")

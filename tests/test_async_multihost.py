@@ -17,14 +17,10 @@ def test_async_on_two_processes_equals_one_process(tmp_path):
     _launch(multi, devices=4, processes=2, extra=ASYNC)
     one, two = _metrics(single), _metrics(multi)
     assert [r["step"] for r in two] == list(range(STEPS))
-    # The first update's gradient differs by ~0.4% between 2 x 4 and 1 x 8 since the wave-2
-    # merges (see tests/test_multihost.py), so rounds made after it drift: the first step is
-    # compared in full, every step in its staleness bookkeeping.
-    for key in ("reward_mean", "informative_groups", "executions"):
-        assert one[0][key] == two[0][key], (key, one[0][key], two[0][key])
-    if "loss" in one[0]:
-        assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-4, abs=1e-6)
+    # Equal on every step (to rounding: see tests/test_multihost.py on the warm start length).
     for a, b in zip(one, two):
-        for key in ("staleness", "weight_version"):
-            assert a[key] == b[key], (key, a[key], b[key])
+        for key in ("reward_mean", "informative_groups", "executions", "staleness", "weight_version"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+        if "loss" in a:
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-6)
         assert b["staleness"] <= 1

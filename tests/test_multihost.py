@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 
 def _overrides(run_dir: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    return [*extra, f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=60",
+    return [*extra, f"train.run_dir={run_dir}", f"train.steps={STEPS}", "train.warmstart_steps=20",
             "train.checkpoint_every=1", "rollout.group_size=4", "rollout.states_per_step=2", "rollout.oversample=1",
             "rollout.temperature=0.3", "env.sandbox=bwrap",
             "env.workers=2", "curriculum.capacity=64", "train.length_buckets=[64,128]", "mesh=fsdp_ep",
@@ -63,14 +63,18 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tmp_path):
 
     one, two = _metrics(single), _metrics(multi)
     assert [r["step"] for r in two] == list(range(STEPS))      # one line per step, written by process 0
-    # Known gap (closing note of wave 2): since the wave-2 merges the first update's gradient
-    # norm differs by ~0.4% between 2 x 4 and 1 x 8 (loss equal to 1e-6), so later steps drift
-    # apart. Step 0 is compared exactly but for the gradient norm; later steps structurally.
-    a, b = one[0], two[0]
-    for key in ("reward_mean", "valid_rate", "informative_groups", "executions", "cached_executions"):
-        assert a[key] == b[key], (key, a[key], b[key])
-    np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-4, atol=1e-6, err_msg="loss")
-    np.testing.assert_allclose(b["grad_norm"], a["grad_norm"], rtol=1e-2, err_msg="grad_norm")
+    # Every step equal. The reductions of 2 x 4 and 1 x 8 sum in different orders, so values
+    # agree to rounding; a long warm start at a constant lr 1e-2 amplifies that (Adam divides
+    # tiny gradients by their own size): after 60 steps the grad norm was 0.4% apart, after 20
+    # steps 2e-5, which is why the warm start here is 20 steps.
+    assert len(one) == len(two)
+    for a, b in zip(one, two):
+        for key in ("reward_mean", "valid_rate", "informative_groups", "executions", "cached_executions"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+        for key in ("loss", "grad_norm"):
+            if key in a:
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-3, atol=1e-6, err_msg=f"{key} at step {a['step']}")
+    assert any("grad_norm" in r for r in one)  # an update ran
     # Each rollout executed once: the two shares add up to the step's executions.
     for step, record in enumerate(two, start=1):
         shares = []

@@ -75,10 +75,8 @@ def chunked_logprobs(
     x = jnp.pad(hidden.reshape(n, h), ((0, pad), (0, 0))).reshape(n_chunks, chunk, h)
     y = jnp.pad(targets.reshape(n), (0, pad)).reshape(n_chunks, chunk)
 
-    # One device, or several processes (where the per-row head-gradient path gave a gradient
-    # norm 0.4% off the one-process run on the same mesh; tests/test_multihost.py): plain
-    # autodiff, recomputing each chunk.
-    if getattr(active(), "mesh", None) is None or jax.process_count() > 1:
+    # One device: plain autodiff, recomputing each chunk.
+    if getattr(active(), "mesh", None) is None:
         one_chunk = jax.checkpoint(lambda xy: _token_logprobs(xy[0], lm_head_weight, xy[1], temperature,
                                                               return_entropy))
         out = jax.lax.map(one_chunk, (x, y))

@@ -125,3 +125,20 @@ def test_spec_responses():
     bad = parse_spec_response("model=gbm depth=4")
     assert not bad.valid and "unknown parameter 'depth'" in bad.reason
     assert "empty response" in parse_spec_response("  \n").reason
+
+
+def test_spec_prompt_of_a_long_parent_spec_fits_the_train_bucket(task):
+    """A child's prompt quotes its parent's spec; a spec longer than the room left by the largest
+    train bucket keeps its leading words instead of failing the step's batch."""
+    from ace_jax.agent.codec import make_codec
+    long_spec = "model=ridge " + " ".join(f"alpha={i}" for i in range(60))
+    child = State("toy", code=long_spec, feedback=Feedback(valid=True, reason="ok", validation_metric=0.5))
+    unbounded = make_codec("spec", [task]).encode_prompt(child, task)
+    codec = make_codec("spec", [task], budget_tokens=64)
+    ids = codec.encode_prompt(child, task)
+    assert len(unbounded) > 64 >= len(ids) >= 58          # cut to the limit, not far below it
+    text = codec.tokenizer.decode(ids)
+    assert "model" in text and "ridge" in text and "validation" in text   # the head and the feedback survive
+    assert codec.encode_prompt(State("toy"), task) == make_codec("spec", [task]).encode_prompt(State("toy"), task)
+    with pytest.raises(ValueError, match="rollout.max_new_tokens"):
+        make_codec("spec", [task], budget_tokens=4).encode_prompt(State("toy"), task)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol
 
 from rollout.env.prompts import build_prompt, spec_prompt
@@ -32,14 +33,32 @@ class SpecCodec:
 
     mode = "spec"
 
-    def __init__(self, tasks: list[Task]):
+    def __init__(self, tasks: list[Task], max_prompt_tokens: int | None = None):
         self.tokenizer = build_spec_tokenizer(tasks)
         self.vocab_size = self.tokenizer.vocab_size
         self.stop_ids = (self.tokenizer.eos_id,)
         self.pad_id = self.tokenizer.pad_id
+        self.max_prompt_tokens = max_prompt_tokens
 
     def encode_prompt(self, state: State, task: Task) -> list[int]:
-        return self.tokenizer.encode(spec_prompt(state, task), add_bos=True)
+        """The prompt's ids, at most `max_prompt_tokens`: a parent spec too long to fit (a child's
+        prompt quotes it) keeps its leading words."""
+        ids = self.tokenizer.encode(spec_prompt(state, task), add_bos=True)
+        limit = self.max_prompt_tokens
+        if limit is None or len(ids) <= limit or not state.code:
+            return self._fits(ids, task)
+        words = state.code.strip().splitlines()[0].split(" ") if state.code.strip() else []
+        while words and len(ids) > limit:
+            words = words[:-1]
+            ids = self.tokenizer.encode(spec_prompt(dataclasses.replace(state, code=" ".join(words)), task),
+                                        add_bos=True)
+        return self._fits(ids, task)
+
+    def _fits(self, ids: list[int], task: Task) -> list[int]:
+        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
+            raise ValueError(f"task {task.id}: the spec prompt has {len(ids)} tokens, over the room that "
+                             f"'train.length_buckets' leaves after 'rollout.max_new_tokens' ({self.max_prompt_tokens})")
+        return ids
 
     def decode_response(self, ids: list[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i not in self.stop_ids])
@@ -90,10 +109,11 @@ class ChatCodec:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def make_codec(mode: str, tasks: list[Task], budget_tokens: int = 6000) -> Codec:
-    """The codec of an action mode: `spec` (word vocabulary over `tasks`) or `code` (Qwen3 chat)."""
+def make_codec(mode: str, tasks: list[Task], budget_tokens: int | None = None) -> Codec:
+    """The codec of an action mode: `spec` (word vocabulary over `tasks`) or `code` (Qwen3 chat),
+    with prompts of at most `budget_tokens` (code mode: 6000 unless given)."""
     if mode == "spec":
-        return SpecCodec(tasks)
+        return SpecCodec(tasks, max_prompt_tokens=budget_tokens)
     if mode == "code":
-        return ChatCodec(budget_tokens=budget_tokens)
+        return ChatCodec(budget_tokens=6000 if budget_tokens is None else budget_tokens)
     raise ValueError(f"action mode {mode!r}; allowed: ['code', 'spec']")

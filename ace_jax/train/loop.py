@@ -30,7 +30,7 @@ from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train.assemble import assemble_batch
 from ace_jax.train import run_dir as run_files
 from ace_jax.train.hosts import SharedExecutions, is_writer
-from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets
+from ace_jax.train.lengths import LengthError, check_lengths, engine_buckets, prompt_limit
 from ace_jax.train.placement import make_placement
 from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from ace_jax.train.exec_cache import make_execution_cache
@@ -110,7 +110,7 @@ class Trainer:
         self.tasks = select_tasks(cfg.env.tasks)
         self.task_ids = sorted(self.tasks)
         # The spec vocabulary covers every built-in task, so held-out evaluation can reuse it.
-        self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks).values()), cfg.env.prompt_budget_tokens)
+        self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks).values()), prompt_limit(cfg))
         model = build_model(cfg, self.codec.vocab_size, self.codec.pad_id, self.codec.stop_ids[0])
         self.model_config = model.config
         try:

@@ -111,13 +111,17 @@ def build_prompt(state: State, task: Task, budget_tokens: int = 6000,
 
     truncated = False
     user = render()
-    while count_tokens(SYSTEM) + count_tokens(user) > budget_tokens:
+    system_tokens = count_tokens(SYSTEM)
+    while (used := system_tokens + count_tokens(user)) > budget_tokens:
         shrinkable = [s for s in sections if s[4] > s[3]]
         if not shrinkable:
             raise ValueError(f"token budget {budget_tokens} is too small for this prompt's fixed parts "
-                             f"({count_tokens(SYSTEM) + count_tokens(user)} tokens at the minimum)")
+                             f"({used} tokens at the minimum)")
         longest = max(shrinkable, key=lambda s: s[4])
-        longest[4] = max(longest[3], int(longest[4] * 0.7))
+        # Cut the characters the excess tokens take at this prompt's own density (and a margin),
+        # so that one or two counting rounds suffice; at least 10% per round.
+        excess_chars = int((used - budget_tokens) * len(user) / max(used, 1) * 1.1) + 1
+        longest[4] = max(longest[3], min(int(longest[4] * 0.9), longest[4] - excess_chars))
         truncated = True
         user = render()
     return Prompt(SYSTEM, user, op, truncated)

@@ -1,13 +1,18 @@
 """Synchronous vs asynchronous AceGRPO on the demo setting: steps per hour and reward vs wall clock.
 
 One warm-started checkpoint (the demo's behaviour cloning) is copied to one run directory per
-mode, so every run starts from the same policy and curriculum: `sync` (the peer), then `async`
-at S = 1 and S = 2. Every sandbox execution is made to last at least `--min-execution-s`
-(`env.min_execution_s`; real ML executions take minutes), so the time the async producer hides
-is visible on a small CPU machine. Steps per hour count the steps after the first (the first
-pays the compiles in every mode).
+mode, so every run starts from the same policy, curriculum and seeds: `sync` (the peer), then
+`async` at S = 1 and S = 2. Every graded response is made to last at least `--min-execution-s`
+(`env.min_execution_s`; real ML executions take minutes), whether or not it was valid, and the
+execution cache is off, so every mode does the same execution work per step (32 gradings) and the
+time the async producer hides is visible on a small CPU machine. The sandbox pool
+(`--workers`) is sized so that a round's executions take about as long as generation plus the
+update: with the demo's 2 slots a round's 32 three-second gradings take 48 s and execution alone
+bounds both modes. Steps per hour count the steps after the first (the first pays the compiles in
+every mode); the reward table and the PNG show the running mean training reward (last 5 steps)
+against wall-clock time from the first step's start.
 
-    .venv/bin/python bench/async_loop.py [--steps 6 --min-execution-s 3 --png async_loop.png] [train.length_buckets=[128]]
+    nice -n 10 .venv/bin/python bench/async_loop.py [--steps 12 --min-execution-s 3 --workers 8 --png async_loop.png]
 
 Last line: `ratio async_steps_per_hour <async at S=2 / sync>`.
 """
@@ -15,6 +20,7 @@ Last line: `ratio async_steps_per_hour <async at S=2 / sync>`.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -30,14 +36,16 @@ from ace_jax.train.loop import Trainer  # noqa: E402
 from ace_jax.train.warm_checkpoint import write_warm_checkpoint  # noqa: E402
 
 RUNS = (("sync", 0), ("async", 1), ("async", 2))
+SMOOTH = 5
 
 
 def config(run_dir: str, args, mode: str = "sync", s: int = 0, warmstart: int = 0):
     return load_config(DEMO_CONFIG, [
         f"train.run_dir={run_dir}", f"train.steps={args.steps}", f"train.warmstart_steps={warmstart}",
         f"train.mode={mode}", f"train.max_staleness={s}", f"train.checkpoint_every={args.steps}",
-        f"env.min_execution_s={args.min_execution_s}", *([f"env.workers={args.workers}"] if args.workers else []),
-        *args.overrides])
+        f"env.min_execution_s={args.min_execution_s}", f"env.workers={args.workers}",
+        "env.cache_executions=false", f"env.exec_cache_dir={os.path.join(run_dir, 'exec-cache')}",
+        "train.heldout_eval=false", *args.overrides])
 
 
 def run_mode(warm: str, root: str, args, mode: str, s: int) -> dict:
@@ -50,13 +58,35 @@ def run_mode(warm: str, root: str, args, mode: str, s: int) -> dict:
     finally:
         trainer.close()
     records = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
-    wall, clock = 0.0, []
-    for r in records:
-        wall += r["step_s"]
-        clock.append(wall)
-    timed = sum(r["step_s"] for r in records[1:])
+    clock = list(itertools.accumulate(r["step_s"] for r in records))
+    timed = clock[-1] - clock[0]
+    rewards = [r["reward_mean"] for r in records]
     return {"name": name, "steps_per_hour": 3600 * (len(records) - 1) / timed if timed else float("nan"),
-            "clock": clock, "reward": [r["reward_mean"] for r in records], "summary": summary}
+            "clock": clock, "reward": rewards, "smooth": running_mean(rewards, SMOOTH),
+            "executions": sum(r["executions"] for r in records), "summary": summary,
+            "load": os.getloadavg()[1]}
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    return [sum(values[max(0, i + 1 - window):i + 1]) / (i + 1 - max(0, i + 1 - window)) for i in range(len(values))]
+
+
+def reward_at(result: dict, t: float) -> float | None:
+    """The running-mean reward of the last step finished by wall time `t` (None before the first)."""
+    done = [i for i, c in enumerate(result["clock"]) if c <= t]
+    return result["smooth"][done[-1]] if done else None
+
+
+def reward_table(results: list[dict], points: int = 8) -> list[str]:
+    """Running-mean reward of every mode at evenly spaced wall times up to the slowest run's end."""
+    end = max(r["clock"][-1] for r in results)
+    lines = [f"{'wall s':>8} " + " ".join(f"{r['name']:>12}" for r in results)]
+    for k in range(1, points + 1):
+        t = end * k / points
+        cells = [reward_at(r, t) for r in results]
+        lines.append(f"{t:>8.0f} " + " ".join(f"{'-' if c is None else f'{c:.3f}':>12}" for c in cells))
+    return lines
 
 
 def plot(results: list[dict], path: str) -> None:
@@ -65,9 +95,9 @@ def plot(results: list[dict], path: str) -> None:
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for r in results:
-        ax.plot(r["clock"], r["reward"], marker="o", ms=3, label=r["name"])
+        ax.plot(r["clock"], r["smooth"], marker="o", ms=3, label=r["name"])
     ax.set_xlabel("wall clock (s, from the first step's start)")
-    ax.set_ylabel("mean training reward")
+    ax.set_ylabel(f"training reward (running mean of {SMOOTH} steps)")
     ax.grid(alpha=0.3)
     ax.legend()
     FigureCanvasAgg(fig).print_png(path)
@@ -75,9 +105,9 @@ def plot(results: list[dict], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--min-execution-s", type=float, default=3.0)
-    parser.add_argument("--workers", type=int, default=0, help="sandbox slots (default: the demo's)")
+    parser.add_argument("--workers", type=int, default=8, help="sandbox slots (env.workers)")
     parser.add_argument("--warmstart", type=int, default=150)
     parser.add_argument("--png", default="async_loop.png")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. rollout.states_per_step=2")
@@ -89,13 +119,16 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     plot(results, args.png)
-    print(f"\n{'mode':<12} {'steps/h':>9} {'wall s':>8} {'final reward':>13} {'staleness':>14} "
-          f"{'dropped':>8} {'learner idle s':>15}")
+    print(f"\n{'mode':<12} {'steps/h':>9} {'wall s':>8} {'executions':>10} {'final reward':>13} {'staleness':>14} "
+          f"{'dropped':>8} {'learner idle s':>15} {'producer idle s':>16} {'load (5 min)':>13}")
     for r in results:
         sm = r["summary"]
-        print(f"{r['name']:<12} {r['steps_per_hour']:>9.0f} {r['clock'][-1]:>8.1f} {r['reward'][-1]:>13.3f} "
-              f"{json.dumps(sm.get('staleness_histogram', {})):>14} {sm.get('groups_dropped_stale', 0):>8} "
-              f"{sm.get('learner_idle_s', float('nan')):>15.1f}")
+        print(f"{r['name']:<12} {r['steps_per_hour']:>9.0f} {r['clock'][-1]:>8.1f} {r['executions']:>10} "
+              f"{r['smooth'][-1]:>13.3f} {json.dumps(sm.get('staleness_histogram', {})):>14} "
+              f"{sm.get('groups_dropped_stale', 0):>8} {sm.get('learner_idle_s', float('nan')):>15.1f} "
+              f"{sm.get('producer_idle_s', float('nan')):>16.1f} {r['load']:>13.1f}")
+    print(f"\ntraining reward (running mean of {SMOOTH} steps) against wall clock:")
+    print("\n".join(reward_table(results)))
     print(f"plot: {args.png}")
     sync, s2 = results[0], results[-1]
     print(f"ratio async_steps_per_hour {s2['steps_per_hour'] / sync['steps_per_hour']:.3f}")

@@ -8,11 +8,13 @@ execution cache is off, so every mode does the same execution work per step (32 
 time the async producer hides is visible on a small CPU machine. The sandbox pool
 (`--workers`) is sized so that a round's executions take about as long as generation plus the
 update: with the demo's 2 slots a round's 32 three-second gradings take 48 s and execution alone
-bounds both modes. Steps per hour count the steps after the first (the first pays the compiles in
-every mode); the reward table and the PNG show the running mean training reward (last 5 steps)
-against wall-clock time from the first step's start.
+bounds both modes. Steps per hour are the steady-state rate after the first S_max + 1 = 3 steps
+(the first pays the compiles in every mode, and an async run fills its pipeline during it, so a
+step just after it may be almost free); the reward table and the PNG show the running mean
+training reward (last 5 steps) against wall-clock time from the first step's start.
 
     nice -n 10 .venv/bin/python bench/async_loop.py [--steps 12 --min-execution-s 3 --workers 8 --png async_loop.png]
+        [--out DIR (keep the runs' metrics)] [--report --out DIR (the report of kept runs)]
 
 Last line: `ratio async_steps_per_hour <async at S=2 / sync>`.
 """
@@ -37,6 +39,7 @@ from ace_jax.train.warm_checkpoint import write_warm_checkpoint  # noqa: E402
 
 RUNS = (("sync", 0), ("async", 1), ("async", 2))
 SMOOTH = 5
+STEADY_FROM = 1 + max(s for _, s in RUNS)  # steps left out of the rate: compiles + pipeline fill
 
 
 def config(run_dir: str, args, mode: str = "sync", s: int = 0, warmstart: int = 0):
@@ -45,26 +48,51 @@ def config(run_dir: str, args, mode: str = "sync", s: int = 0, warmstart: int = 
         f"train.mode={mode}", f"train.max_staleness={s}", f"train.checkpoint_every={args.steps}",
         f"env.min_execution_s={args.min_execution_s}", f"env.workers={args.workers}",
         "env.cache_executions=false", f"env.exec_cache_dir={os.path.join(run_dir, 'exec-cache')}",
-        "train.heldout_eval=false", *args.overrides])
+        "train.heldout_eval=false", "train.length_buckets=[128]", *args.overrides])
 
 
-def run_mode(warm: str, root: str, args, mode: str, s: int) -> dict:
-    name = mode if mode == "sync" else f"async S={s}"
-    run_dir = os.path.join(root, name.replace(" ", "_").replace("=", ""))
+def run_name(mode: str, s: int) -> str:
+    return mode if mode == "sync" else f"async S={s}"
+
+
+def file_stem(name: str) -> str:
+    return name.replace(" ", "_").replace("=", "")
+
+
+def run_mode(warm: str, root: str, out: str, args, mode: str, s: int) -> dict:
+    """Train one mode from the warm checkpoint; its metrics and summary are kept in `out`."""
+    name = run_name(mode, s)
+    run_dir = os.path.join(root, file_stem(name))
     shutil.copytree(warm, run_dir)
     trainer = Trainer(config(run_dir, args, mode, s), echo=lambda line: print(f"  [{name}] {line}", flush=True))
     try:
         summary = trainer.run()
     finally:
         trainer.close()
-    records = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
+    shutil.copy(os.path.join(run_dir, "metrics.jsonl"), os.path.join(out, f"{file_stem(name)}.jsonl"))
+    with open(os.path.join(out, f"{file_stem(name)}.summary.json"), "w") as f:
+        json.dump({**summary, "load_5min": os.getloadavg()[1]}, f, indent=1)
+    return load_result(out, name)
+
+
+def load_result(out: str, name: str) -> dict:
+    """One mode's figures from its kept metrics.jsonl and summary."""
+    records = [json.loads(x) for x in open(os.path.join(out, f"{file_stem(name)}.jsonl"))]
+    with open(os.path.join(out, f"{file_stem(name)}.summary.json")) as f:
+        summary = json.load(f)
     clock = list(itertools.accumulate(r["step_s"] for r in records))
-    timed = clock[-1] - clock[0]
     rewards = [r["reward_mean"] for r in records]
-    return {"name": name, "steps_per_hour": 3600 * (len(records) - 1) / timed if timed else float("nan"),
-            "clock": clock, "reward": rewards, "smooth": running_mean(rewards, SMOOTH),
-            "executions": sum(r["executions"] for r in records), "summary": summary,
-            "load": os.getloadavg()[1]}
+    return {"name": name, "steps_per_hour": steady_steps_per_hour(clock), "clock": clock, "reward": rewards,
+            "smooth": running_mean(rewards, SMOOTH), "executions": sum(r["executions"] for r in records),
+            "summary": summary, "load": summary.get("load_5min", float("nan"))}
+
+
+def steady_steps_per_hour(clock: list[float], skip: int = STEADY_FROM) -> float:
+    """Steps per hour after the first `skip` steps: the first pays the compiles, and an async run
+    fills its pipeline during it (a step after it may be almost free), so both are left out."""
+    if len(clock) <= skip:
+        raise ValueError(f"{len(clock)} steps: the steady-state rate needs more than {skip}")
+    return 3600 * (len(clock) - skip) / (clock[-1] - clock[skip - 1])
 
 
 def running_mean(values: list[float], window: int) -> list[float]:
@@ -103,22 +131,8 @@ def plot(results: list[dict], path: str) -> None:
     FigureCanvasAgg(fig).print_png(path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--min-execution-s", type=float, default=3.0)
-    parser.add_argument("--workers", type=int, default=8, help="sandbox slots (env.workers)")
-    parser.add_argument("--warmstart", type=int, default=150)
-    parser.add_argument("--png", default="async_loop.png")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. rollout.states_per_step=2")
-    args = parser.parse_args()
-    root = tempfile.mkdtemp(prefix="async_loop_")
-    try:
-        warm = write_warm_checkpoint(config(os.path.join(root, "warm"), args, warmstart=args.warmstart))
-        results = [run_mode(warm, root, args, mode, s) for mode, s in RUNS]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    plot(results, args.png)
+def report(results: list[dict], png: str) -> None:
+    plot(results, png)
     print(f"\n{'mode':<12} {'steps/h':>9} {'wall s':>8} {'executions':>10} {'final reward':>13} {'staleness':>14} "
           f"{'dropped':>8} {'learner idle s':>15} {'producer idle s':>16} {'load (5 min)':>13}")
     for r in results:
@@ -127,11 +141,38 @@ def main() -> None:
               f"{r['smooth'][-1]:>13.3f} {json.dumps(sm.get('staleness_histogram', {})):>14} "
               f"{sm.get('groups_dropped_stale', 0):>8} {sm.get('learner_idle_s', float('nan')):>15.1f} "
               f"{sm.get('producer_idle_s', float('nan')):>16.1f} {r['load']:>13.1f}")
+    print(f"(steps/h: steady state, steps {STEADY_FROM + 1}.. of each run; wall s: the whole run)")
     print(f"\ntraining reward (running mean of {SMOOTH} steps) against wall clock:")
     print("\n".join(reward_table(results)))
-    print(f"plot: {args.png}")
+    print(f"plot: {png}")
     sync, s2 = results[0], results[-1]
     print(f"ratio async_steps_per_hour {s2['steps_per_hour'] / sync['steps_per_hour']:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--min-execution-s", type=float, default=3.0)
+    parser.add_argument("--workers", type=int, default=8, help="sandbox slots (env.workers)")
+    parser.add_argument("--warmstart", type=int, default=150)
+    parser.add_argument("--png", default="async_loop.png")
+    parser.add_argument("--out", default="", help="keep each run's metrics.jsonl and summary here")
+    parser.add_argument("--report", action="store_true", help="only print the report of the runs kept in --out")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, e.g. rollout.states_per_step=2")
+    args = parser.parse_args()
+    if args.report:
+        if not args.out:
+            parser.error("--report needs --out (the folder the runs were kept in)")
+        return report([load_result(args.out, run_name(m, s)) for m, s in RUNS], args.png)
+    root = tempfile.mkdtemp(prefix="async_loop_")
+    out = args.out or os.path.join(root, "kept")
+    os.makedirs(out, exist_ok=True)
+    try:
+        warm = write_warm_checkpoint(config(os.path.join(root, "warm"), args, warmstart=args.warmstart))
+        results = [run_mode(warm, root, out, args, mode, s) for mode, s in RUNS]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report(results, args.png)
 
 
 if __name__ == "__main__":

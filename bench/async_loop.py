@@ -133,15 +133,17 @@ def plot(results: list[dict], path: str) -> None:
 
 def report(results: list[dict], png: str) -> None:
     plot(results, png)
-    print(f"\n{'mode':<12} {'steps/h':>9} {'wall s':>8} {'executions':>10} {'final reward':>13} {'staleness':>14} "
+    print(f"\n{'mode':<12} {'steps/h':>9} {'wall s':>8} {'executions':>10} {'exec/h':>7} {'final reward':>13} {'staleness':>14} "
           f"{'dropped':>8} {'learner idle s':>15} {'producer idle s':>16} {'load (5 min)':>13}")
     for r in results:
         sm = r["summary"]
         print(f"{r['name']:<12} {r['steps_per_hour']:>9.0f} {r['clock'][-1]:>8.1f} {r['executions']:>10} "
+              f"{3600 * r['executions'] / r['clock'][-1]:>7.0f} "
               f"{r['smooth'][-1]:>13.3f} {json.dumps(sm.get('staleness_histogram', {})):>14} "
               f"{sm.get('groups_dropped_stale', 0):>8} {sm.get('learner_idle_s', float('nan')):>15.1f} "
               f"{sm.get('producer_idle_s', float('nan')):>16.1f} {r['load']:>13.1f}")
-    print(f"(steps/h: steady state, steps {STEADY_FROM + 1}.. of each run; wall s: the whole run)")
+    print(f"(steps/h: steady state, steps {STEADY_FROM + 1}.. of each run; wall s, exec/h: the whole run; "
+          f"executions: sandbox runs, valid responses only)")
     print(f"\ntraining reward (running mean of {SMOOTH} steps) against wall clock:")
     print("\n".join(reward_table(results)))
     print(f"plot: {png}")

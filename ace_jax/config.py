@@ -57,7 +57,7 @@ class EnvSection:
     executor: str = "local"             # "local" (threads here) or "ray" (sandbox actors; the 'ray' extra)
     ray_address: str = ""               # ray: "" starts a local cluster (or RAY_ADDRESS), "auto", "ray://head:10001"
     ray_actors: int = 1                 # ray: actors, each with env.workers sandbox slots
-    min_execution_s: float = 0.0        # each execution lasts at least this long (stands in for real ones)
+    min_execution_s: float = 0.0        # each graded response takes at least this long (stands in for real executions)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,10 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 FINISH_REASONS = ("stop", "length", "abort")
+# SGLang's /pause_generation modes: "abort" the requests in flight (answered with finish reason
+# "abort"), or hold them ("retract": back to the waiting queue; "in_place": with their KV cache)
+# until /continue_generation.
+PAUSE_MODES = ("abort", "retract", "in_place")
 # SGLang treats temperatures below this as greedy (top_k = 1, logprobs at temperature 1).
 GREEDY_EPS = 1e-6
 
@@ -125,6 +129,11 @@ class RolloutEngine(Protocol):
     def update_weights(self, params: Any, weight_version: str | None = None) -> str:
         """Serve a trainer's param tree (the JAX engine swaps it in place; SGLang exports it to a
         directory with the exporter it was given, then loads that). Returns the new version."""
+        ...
+
+    @property
+    def returns_routed_experts(self) -> bool:
+        """Whether completions carry `routed_experts` when a request asks (routing replay)."""
         ...
 
     def health(self) -> bool:

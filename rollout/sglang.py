@@ -8,13 +8,21 @@ dropped: `generate` returns every completion or raises.
 
 Weight sync: the trainer exports HF weights to a directory (`sync_path()`: /dev/shm or a shared
 filesystem) and calls `update_weights_from_disk(path)`; each server gets a new weight_version,
-must report success and then that version.
+must report success and then that version. Around the load, generation is paused with
+`sync_pause_mode` (/pause_generation; default "retract": requests in flight wait and go on
+with the new weights) and continued after (/continue_generation), so a sync never waits for
+long generations to drain and no request is lost.
+
+Routed experts (routing replay): asked for when `routed_experts_shape` is set and the server
+returns them (launched with --enable-return-routed-experts, or an attached server whose
+/get_server_info says `enable_return_routed_experts`); `returns_routed_experts` tells.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -26,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rollout.engine import FINISH_REASONS, Completion, EngineError, GenerateRequest
+from rollout.engine import FINISH_REASONS, PAUSE_MODES, Completion, EngineError, GenerateRequest
 from rollout.http_client import BadResponse, HttpClient, ServerUnreachable
 from rollout.sglang_launcher import LaunchConfig, ServerProcess
 
@@ -50,6 +58,7 @@ class SGLangConfig:
     max_restarts: int = 3
     routed_experts_shape: tuple[int, int] | None = None
     weight_sync_dir: str | None = None
+    sync_pause_mode: str | None = "retract"  # PAUSE_MODES, or None: no pause around a weight sync
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +67,9 @@ class SGLangConfig:
             raise ValueError("sglang mode 'launch' needs a 'launch' config (model path, flags)")
         if self.mode == "attach" and not self.urls:
             raise ValueError("sglang mode 'attach' needs at least one server URL in 'urls'")
+        if self.sync_pause_mode is not None and self.sync_pause_mode not in PAUSE_MODES:
+            raise ValueError(f"sglang 'sync_pause_mode' is {self.sync_pause_mode!r}; allowed: "
+                             f"{list(PAUSE_MODES)} or None")
         if self.max_concurrency < 1:
             raise ValueError(f"sglang 'max_concurrency' must be >= 1, got {self.max_concurrency}")
 
@@ -88,6 +100,9 @@ class SGLangEngine:
         self._next_url = itertools.cycle(range(len(self.urls)))
         self._url_lock = threading.Lock()
         self.weight_version = self._get(self.urls[0], "/get_weight_version").get("weight_version")
+        self.returns_routed_experts = cfg.routed_experts_shape is not None and (
+            cfg.launch.enable_return_routed_experts if cfg.mode == "launch" else
+            all(self._get(u, "/get_server_info").get("enable_return_routed_experts") is True for u in self.urls))
 
     @classmethod
     def from_config(cls, section: Any, *, model_path: str | None = None,
@@ -125,17 +140,23 @@ class SGLangEngine:
         return results
 
     def update_weights_from_disk(self, path: str, weight_version: str | None = None) -> str:
-        """Every server loads `path`; checks success and that it then reports the new version."""
+        """Every server loads `path` (generation paused meanwhile, see `sync_pause_mode`); checks
+        success and that it then reports the new version."""
         self._updates += 1
         version = str(weight_version) if weight_version is not None else f"update-{self._updates}"
-        payload = {"model_path": path, "weight_version": version, "flush_cache": True, "abort_all_requests": False}
-        for url in self.urls:
-            answer = self._post(url, "/update_weights_from_disk", payload)
-            if not isinstance(answer, dict) or answer.get("success") is not True:
-                raise EngineError(f"{url}/update_weights_from_disk({path}) did not succeed: {answer}")
-            reported = self._get(url, "/get_weight_version").get("weight_version")
-            if reported != version:
-                raise EngineError(f"{url} reports weight_version {reported!r} after loading {path}, expected {version!r}")
+        mode = self.cfg.sync_pause_mode
+        # in_place keeps the paused requests' KV cache, which SGLang then refuses to flush
+        payload = {"model_path": path, "weight_version": version, "flush_cache": mode != "in_place",
+                   "abort_all_requests": False}
+        with self.paused(mode) if mode else contextlib.nullcontext():
+            for url in self.urls:
+                answer = self._post(url, "/update_weights_from_disk", payload)
+                if not isinstance(answer, dict) or answer.get("success") is not True:
+                    raise EngineError(f"{url}/update_weights_from_disk({path}) did not succeed: {answer}")
+                reported = self._get(url, "/get_weight_version").get("weight_version")
+                if reported != version:
+                    raise EngineError(f"{url} reports weight_version {reported!r} after loading {path}, "
+                                      f"expected {version!r}")
         if self.process is not None:  # a restarted server starts from the latest weights
             self.process.model_path, self.process.weight_version = path, version
         self.weight_version = version
@@ -155,6 +176,33 @@ class SGLangEngine:
         if previous and previous != path:
             shutil.rmtree(previous, ignore_errors=True)
         return version
+
+    # ------------------------------------------------------------------------- pause / continue
+    def pause_generation(self, mode: str = "abort") -> None:
+        """Pause every server (SGLang's /pause_generation): "abort" answers the requests in flight
+        as aborted; "retract" and "in_place" hold them until `continue_generation`."""
+        if mode not in PAUSE_MODES:
+            raise ValueError(f"pause mode {mode!r}; allowed: {list(PAUSE_MODES)}")
+        self._control("/pause_generation", {"mode": mode})
+
+    def continue_generation(self) -> None:
+        """Resume every server (SGLang's /continue_generation)."""
+        self._control("/continue_generation", {})
+
+    @contextlib.contextmanager
+    def paused(self, mode: str = "retract"):
+        """Generation paused for the block, continued after it (also when it raises)."""
+        self.pause_generation(mode)
+        try:
+            yield
+        finally:
+            self.continue_generation()
+
+    def _control(self, route: str, payload: dict) -> None:
+        for url in self.urls:
+            answer = self._post(url, route, payload)
+            if not isinstance(answer, dict) or answer.get("status") != "ok":
+                raise EngineError(f"{url}{route} did not succeed: {answer}")
 
     def health(self) -> bool:
         for url in self.urls:

@@ -1,4 +1,5 @@
-"""The ratio's old policy: the behaviour policy (engine logprobs) or the proximal (current) one."""
+"""The ratio's old policy: the behaviour policy (engine logprobs) or the proximal (current) one,
+and what the truncated importance weight is in each (checked against the NumPy reference loss)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from flax import nnx
 from ace_jax.grpo import LossConfig
 from ace_jax.models import Qwen3ForCausalLM, get_config
 from ace_jax.train import create_train_state, make_batch, make_train_step, sequence_logprobs
+from tests.test_grpo_losses import np_policy_loss
 
 CFG = get_config("tiny-moe")
 
@@ -29,8 +31,9 @@ def setup():
     return graphdef, state, batch._replace(rollout_logprobs=behaviour), current
 
 
-def _metrics(setup, old):
-    graphdef, state, batch, _ = setup
+def _metrics(setup, old, batch=None):
+    graphdef, state, default, _ = setup
+    batch = default if batch is None else batch
     step = make_train_step(graphdef, optax.sgd(0.0), LossConfig(old_logprobs=old), donate=False)
     return {k: float(v) for k, v in step(state, jax.tree.map(jnp.asarray, batch))[1].items()}
 
@@ -47,6 +50,30 @@ def test_behaviour_ratio_is_against_the_engine_and_clips(setup):
 def test_proximal_ratio_is_one_by_construction(setup):
     m = _metrics(setup, "proximal")
     assert m["ratio_mean"] == pytest.approx(1.0) and m["clip_frac_low"] == m["clip_frac_high"] == 0.0
+
+
+@pytest.mark.parametrize("old", ["behaviour", "proximal"])
+def test_train_step_loss_and_is_weight_match_the_numpy_reference(setup, old):
+    """behaviour: old = the engine, so the IS weight is exp(0) = 1 and the (clipped) ratio is the
+    whole correction; proximal: old = the current policy, ratio 1, and the weight is AReaL's
+    decoupled min(pi_prox / pi_behav, tis_cap), some of it truncated here."""
+    _, _, batch, current = setup
+    mask = batch.loss_mask > 0
+    shift = np.resize([-1.0, -0.5, 0.5], current.shape)  # exp(1) > tis_cap = 2: truncated
+    behaviour = np.where(mask, current + shift, 0.0).astype(np.float32)
+    batch = batch._replace(rollout_logprobs=behaviour)
+    m = _metrics(setup, old, batch)
+    prox = behaviour if old == "behaviour" else current
+    loss, _, ref = np_policy_loss(current.astype(np.float64), prox.astype(np.float64), np.asarray(batch.advantages),
+                                  mask, LossConfig(), rollout=behaviour.astype(np.float64))
+    assert m["loss"] == pytest.approx(loss, rel=1e-4, abs=1e-6)
+    for key in ("is_weight_mean", "is_truncated_frac", "ratio_mean", "clip_frac_low", "clip_frac_high"):
+        assert m[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), key
+    if old == "behaviour":
+        assert ref["is_weight_mean"] == 1.0 and ref["clip_frac_low"] + ref["clip_frac_high"] > 0
+    else:
+        assert ref["ratio_mean"] == pytest.approx(1.0) and 0 < ref["is_truncated_frac"] < 1
+        assert ref["is_weight_mean"] != pytest.approx(1.0, abs=0.05)
 
 
 def test_unknown_old_policy_is_refused():

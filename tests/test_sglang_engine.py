@@ -14,6 +14,8 @@ import socket
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -118,6 +120,76 @@ def test_weight_sync_and_memory_saver(attached, local, dirs):
     assert [c.token_ids for [c] in attached.generate(reqs)] == [c.token_ids for [c] in local[0].generate(reqs)]
     assert attached.health()
     assert attached.sync_path("step-3").endswith(os.path.join("ace-jax-weights", "step-3"))
+
+
+def _server_state(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/get_server_info", timeout=30) as answer:
+        return json.load(answer)["internal_states"][0]
+
+
+def _in_thread(fn, *args) -> tuple[threading.Thread, list]:
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _wait_pending(url: str, count: int) -> None:
+    deadline = time.monotonic() + 60
+    while _server_state(url)["pending"] < count:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.05)
+
+
+def test_paused_requests_wait_and_continue_with_the_weights_synced_meanwhile(attached, local, dirs, server):
+    """retract: a request sent while paused is held; the weight sync (which pauses and continues
+    around its load) lets it go on, and it is served with the new weights."""
+    reqs = [GenerateRequest(p, greedy()) for p in PROMPTS]
+    try:
+        attached.pause_generation("retract")
+        thread, out = _in_thread(attached.generate, reqs)
+        _wait_pending(server.url, 1)
+        time.sleep(0.3)
+        assert thread.is_alive() and _server_state(server.url)["paused"]
+        attached.update_weights_from_disk(dirs[1], weight_version="while-paused")
+        thread.join(timeout=120)
+        assert not thread.is_alive() and not _server_state(server.url)["paused"]
+        assert [c.token_ids for [c] in out[0]] == [c.token_ids for [c] in local[1].generate(reqs)]
+        assert {c.weight_version for [c] in out[0]} == {"while-paused"}
+    finally:
+        attached.continue_generation()
+        attached.update_weights_from_disk(dirs[0], weight_version="default")
+
+
+def test_pause_abort_answers_held_requests_as_aborted(attached, local, server):
+    reqs = [GenerateRequest(p, greedy()) for p in PROMPTS[:2]]
+    aborted_before = _server_state(server.url)["aborted"]
+    with attached.paused("in_place"):
+        thread, out = _in_thread(attached.generate, reqs)
+        _wait_pending(server.url, 1)
+        attached.pause_generation("abort")
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert [(c.finish_reason, c.token_ids, c.logprobs) for [c] in out[0]] == [("abort", [], [])] * 2
+        assert _server_state(server.url)["aborted"] == aborted_before + len(reqs)  # one call per request
+    assert [c.token_ids for [c] in attached.generate(reqs)] == [c.token_ids for [c] in local[0].generate(reqs)]
+
+
+def test_pause_modes_are_checked_and_routed_experts_are_announced(attached, server):
+    with pytest.raises(ValueError, match="allowed"):
+        attached.pause_generation("later")
+    request = urllib.request.Request(f"{server.url}/pause_generation", data=b'{"mode": "later"}', method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    assert info.value.code == 400 and "retract" in info.value.read().decode()
+    with pytest.raises(ValueError, match="sync_pause_mode"):
+        SGLangConfig(mode="attach", urls=(server.url,), sync_pause_mode="later")
+    assert attached.returns_routed_experts  # tiny-moe, and serve says enable_return_routed_experts
+    plain = SGLangEngine(SGLangConfig(mode="attach", urls=(server.url,)))
+    try:
+        assert not plain.returns_routed_experts  # no routed_experts_shape to decode them with
+    finally:
+        plain.close()
 
 
 def test_from_config_and_update_weights_from_a_param_tree(server, local, dirs, tmp_path):

@@ -38,8 +38,11 @@ class LossConfig(ConfigMixin):
     zero_var_threshold: float = 1e-6
     # The ratio's "old" policy: "behaviour" = the engine's per-token logprobs (the policy that
     # generated the tokens, possibly S versions stale), so clipping bounds the off-policy step;
-    # "proximal" = the current parameters before this update (ratio 1 at one update per batch;
-    # the truncated IS weight then corrects the engine mismatch).
+    # the ratio pi/pi_behav is then the whole importance weight (staleness and engine mismatch
+    # together) and the TIS weight is exp(0) = 1 by construction: a second weight would count
+    # the same correction twice. "proximal" = the current parameters before this update (AReaL's
+    # decoupled PPO with the proximal policy = the learner's; ratio 1 at one update per batch):
+    # the TIS weight min(pi_prox/pi_behav, tis_cap) then carries the off-policy correction.
     old_logprobs: str = "behaviour"  # OLD_LOGPROBS
     routing_replay: bool = True  # R3: force the engine's routed experts in the update (MoE only)
 

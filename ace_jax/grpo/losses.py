@@ -17,7 +17,10 @@ Per valid token::
   the other aggregation modes well defined. Its clip range is ``gspo_eps_low/high``.
 * ``w_t`` (truncated importance sampling against the rollout engine, on when
   ``config.use_tis`` and ``rollout_logprobs`` is given) = sg(min(exp(old_t - rollout_t),
-  tis_cap)); it weights the policy-gradient term only, not the KL term (as verl does).
+  tis_cap)); it weights the policy-gradient term only, not the KL term (as verl does). With
+  the trainer's ``old_logprobs="behaviour"`` old is the engine's logprobs, so w = 1 and the
+  clipped ratio is the whole off-policy correction; with ``"proximal"`` old is the current
+  policy and w = min(pi_prox / pi_behav, cap), AReaL's decoupled PPO.
 * ``kl_t`` (``kl_coef > 0``; needs ``ref_logprobs``), with d = ref_t - logp_t:
   k1 = -d, k2 = d^2 / 2, k3 = exp(d) - 1 - d (d clamped to <= 20 to stay finite).
 

@@ -1,15 +1,24 @@
-"""Batches concurrent generate calls: requests arriving within a few ms run as one engine call."""
+"""Batches concurrent generate calls: requests arriving within a few ms run as one engine call.
+
+Generation can be paused and continued (SGLang's /pause_generation and /continue_generation).
+The engine runs a whole batch as one compiled call, so its only step boundary is the end of a
+call: `pause` waits for the running call (whose answers go out), then no new call starts until
+`resume`. Calls queued or arriving meanwhile wait in the queue; in mode "abort" the queued ones
+are answered at once as aborted (no tokens, finish reason "abort"), as SGLang aborts the
+requests it is processing. "retract" and "in_place" both keep them queued: they run after
+`resume`, with whatever weights are loaded by then.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
 import threading
 import time
 from concurrent.futures import Future
 from typing import Iterator, Sequence
 
-from rollout.engine import Completion, GenerateRequest
+from rollout.engine import PAUSE_MODES, Completion, GenerateRequest
 
 
 class Batcher:
@@ -26,10 +35,12 @@ class Batcher:
         self.max_rows = max_rows
         self.batches = 0
         self.calls = 0
+        self.aborted = 0
         self._pending = 0
-        self._count_lock = threading.Lock()
+        self._jobs: collections.deque[tuple[list[GenerateRequest], Future]] = collections.deque()
+        self._cond = threading.Condition()
+        self._paused = self._running = self._closed = False
         self._engine_lock = threading.RLock()
-        self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
 
@@ -38,16 +49,43 @@ class Batcher:
         """Calls submitted and not yet answered (queued or running)."""
         return self._pending
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def submit(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         future: Future = Future()
-        with self._count_lock:
+        with self._cond:
             self._pending += 1
+            self._jobs.append((list(requests), future))
+            self._cond.notify_all()
         try:
-            self._queue.put((list(requests), future))
             return future.result()
         finally:
-            with self._count_lock:
+            with self._cond:
                 self._pending -= 1
+
+    def pause(self, mode: str = "abort") -> int:
+        """Stop starting engine calls once the running one has finished; returns the calls
+        aborted (mode "abort": every queued call, answered as aborted; else 0)."""
+        if mode not in PAUSE_MODES:
+            raise ValueError(f"pause mode {mode!r}; allowed: {list(PAUSE_MODES)}")
+        with self._cond:
+            self._paused = True
+            self._cond.wait_for(lambda: not self._running)
+            aborted = list(self._jobs) if mode == "abort" else []
+            if aborted:
+                self._jobs.clear()
+        for requests, future in aborted:
+            future.set_result([[_aborted(r, self.engine.weight_version) for _ in range(r.n)] for r in requests])
+        self.aborted += len(aborted)
+        return len(aborted)
+
+    def resume(self) -> None:
+        """Start engine calls again (the queued ones first)."""
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -55,31 +93,44 @@ class Batcher:
             yield
 
     def close(self) -> None:
-        self._queue.put(None)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
         self._thread.join(timeout=30)
 
+    def _rows(self) -> int:
+        return sum(r.n for requests, _ in self._jobs for r in requests)
+
+    def _next_batch(self) -> list | None:
+        """Wait for a batch that may run (None when closed) and mark it running."""
+        with self._cond:
+            while True:
+                self._cond.wait_for(lambda: self._closed or (self._jobs and not self._paused))
+                if self._closed:
+                    return None
+                deadline = time.monotonic() + self.max_wait_s
+                while not (self._closed or self._paused) and self._rows() < self.max_rows:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._closed or self._paused or not self._jobs:
+                    continue
+                jobs, rows = [], 0
+                while self._jobs and rows < self.max_rows:
+                    jobs.append(self._jobs.popleft())
+                    rows += sum(r.n for r in jobs[-1][0])
+                self._running = True
+                return jobs
+
     def _loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            jobs = [job]
-            rows = sum(r.n for r in job[0])
-            deadline = time.monotonic() + self.max_wait_s
-            while rows < self.max_rows:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                jobs.append(nxt)
-                rows += sum(r.n for r in nxt[0])
-            self._run(jobs)
+        while (jobs := self._next_batch()) is not None:
+            try:
+                self._run(jobs)
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()
 
     def _run(self, jobs: list) -> None:
         with self._engine_lock:
@@ -98,3 +149,9 @@ class Batcher:
         for requests, future in jobs:
             future.set_result(results[start:start + len(requests)])
             start += len(requests)
+
+
+def _aborted(request: GenerateRequest, weight_version: str | None) -> Completion:
+    """An aborted sample: no tokens (SGLang returns what it had generated; a queued call has none)."""
+    return Completion(token_ids=[], logprobs=[] if request.return_logprob else None, finish_reason="abort",
+                      prompt_tokens=len(request.input_ids), weight_version=weight_version)

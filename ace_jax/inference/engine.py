@@ -74,6 +74,11 @@ class JaxEngine:
         self._host_state = None  # weights offloaded by release_memory_occupation
 
     @property
+    def returns_routed_experts(self) -> bool:
+        """Whether `return_routed_experts` requests get the experts (MoE models only)."""
+        return self.config.is_moe
+
+    @property
     def compile_count(self) -> int:
         """Generate functions traced so far in this process (shared by same-architecture engines)."""
         return _TRACES[0]

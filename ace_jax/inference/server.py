@@ -3,7 +3,8 @@
 Routes and answers follow SGLang 0.5.23 (python/sglang/srt/entrypoints/http_server.py):
 GET /health, /health_generate, /get_model_info, /get_server_info, /get_weight_version;
 POST /generate, /update_weights_from_disk, /release_memory_occupation,
-/resume_memory_occupation; GET or POST /flush_cache. Errors are
+/resume_memory_occupation, /pause_generation, /continue_generation (semantics for a
+whole-batch engine: batcher.py); GET or POST /flush_cache. Errors are
 `{"error": {"message": ...}}` with status 400 (bad request) or 500. OpenAI's routes
 (GET /v1/models, POST /v1/chat/completions, /v1/completions; openai_api.py, openai_answer.py) answer errors
 in OpenAI's shape and go through the same batcher. A stdlib threaded HTTP server takes the
@@ -24,7 +25,7 @@ from ace_jax.inference import api, openai_answer, openai_api
 from ace_jax.inference.batcher import Batcher
 from ace_jax.inference.engine import JaxEngine
 from ace_jax.inference.top_logprobs import top_logprobs
-from rollout.engine import EngineError, GenerateRequest, SamplingParams
+from rollout.engine import PAUSE_MODES, EngineError, GenerateRequest, SamplingParams
 
 SERVER_VERSION = f"ace-jax (SGLang {api.SGLANG_VERSION} API)"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -77,8 +78,10 @@ class ServerState:
                 "skip_tokenizer_init": self.tokenizer is None, "max_running_requests": b.max_batch,
                 "buckets": {"batch": list(b.batch), "prompt": list(b.prompt), "generate": list(b.generate)},
                 "sampling_defaults": self.defaults,
+                "enable_return_routed_experts": self.engine.config.is_moe,
                 "internal_states": [{"batches": self.batcher.batches, "calls": self.batcher.calls,
-                                     "pending": self.batcher.pending,
+                                     "pending": self.batcher.pending, "paused": self.batcher.paused,
+                                     "aborted": self.batcher.aborted,
                                      "compile_count": self.engine.compile_count}],
                 "version": SERVER_VERSION}
 
@@ -128,6 +131,18 @@ class ServerState:
             return 400, {"success": False, "message": f"Failed to update weights: {exc}", "num_paused_requests": 0}
         return 200, {"success": True, "message": f"Succeeded to update model weights. Weight version updated to {new}.",
                      "num_paused_requests": 0}
+
+    def pause(self, body: Any) -> dict[str, Any]:
+        """SGLang's PauseGenerationReqInput: `mode` is "abort" (default), "retract" or "in_place"."""
+        mode = (body or {}).get("mode", "abort") if isinstance(body, dict) else body
+        if mode not in PAUSE_MODES:
+            raise api.RequestError(f"pause_generation 'mode' is {mode!r}; allowed: {list(PAUSE_MODES)}")
+        self.batcher.pause(mode)
+        return {"message": "Generation paused successfully.", "status": "ok"}
+
+    def resume(self) -> dict[str, Any]:
+        self.batcher.resume()
+        return {"message": "Generation continued successfully.", "status": "ok"}
 
     def memory(self, body: Any, release: bool) -> None:
         tags = (body or {}).get("tags") if isinstance(body, dict) else None
@@ -255,6 +270,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(200, state.generate(body))
             elif path == "/update_weights_from_disk" and method == "POST":
                 self._send(*state.update_weights(body))
+            elif path == "/pause_generation" and method == "POST":
+                self._send(200, state.pause(body))
+            elif path == "/continue_generation" and method == "POST":
+                self._send(200, state.resume())
             elif path == "/flush_cache":
                 ok = state.batcher.pending == 0  # no prefix cache to flush; refuse while busy, as SGLang
                 self._send(200 if ok else 400, text="Cache flushed.\n" if ok else

@@ -173,10 +173,12 @@ class Trainer:
         if model_path is None and not self.cfg.rollout.sglang_urls:
             model_path = os.path.join(self.run_dir, "hf_initial")
             hf.save(model, model_path, dtype="bfloat16")
-        graphdef = self.graphdef
+        graphdef, mc = self.graphdef, self.model_config
+        replay = self.loss_config.routing_replay and mc.is_moe  # R3 from SGLang when it returns them
         return SGLangEngine.from_config(
             self.cfg.rollout, model_path=model_path,
-            exporter=lambda params, out: hf.save(nnx.merge(graphdef, params), out, dtype="bfloat16"))
+            exporter=lambda params, out: hf.save(nnx.merge(graphdef, params), out, dtype="bfloat16"),
+            routed_experts_shape=(mc.num_moe_layers, mc.num_experts_per_tok) if replay else None)
 
     def _maybe_resume(self) -> None:
         if self.checkpointer.latest_step() is None:
@@ -214,7 +216,7 @@ class Trainer:
 
     def generate_round(self, step: int, ids, states) -> Generated:
         cfg = self.cfg
-        routed = self.loss_config.routing_replay and self.model_config.is_moe and cfg.rollout.engine == "jax"
+        routed = self.loss_config.routing_replay and self.model_config.is_moe and self.engine.returns_routed_experts
         return generate(self.engine, self.codec, self.tasks, ids, states, group_size=cfg.rollout.group_size,
                         temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                         limits=self.limits, seed=cfg.train.seed * 1_000_003 + step, routed=routed)

@@ -43,17 +43,17 @@ def _run_one(sandbox, slot: int, item) -> StepResult:
 
 
 def at_least(seconds: float):
-    """`_run_one` whose sandbox executions last at least `seconds` (`env.min_execution_s`: stands in
-    for real executions, which take minutes, so that overlapping them is measurable); responses
-    rejected before execution are not delayed."""
+    """`_run_one` whose gradings last at least `seconds` (`env.min_execution_s`: stands in for real
+    executions, which take minutes, so that overlapping them is measurable). Responses rejected
+    before execution are delayed too, so a round's cost does not depend on the policy's current
+    validity rate and runs of different policies compare at equal execution work."""
     if seconds <= 0:
         return _run_one
 
     def run(sandbox, slot: int, item) -> StepResult:
         started = time.monotonic()
         result = _run_one(sandbox, slot, item)
-        if result.execution is not None:
-            time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
         return result
     return run
 

@@ -252,19 +252,28 @@ def use_compile_cache() -> str:
     return jax.config.jax_compilation_cache_dir
 
 
+def write_outputs(points: list[dict[str, Any]], plan: AblationPlan, steps: int) -> dict[str, Any]:
+    """DIR/ablation.md, ablation.csv, ablation.png of the runs so far; returns the per-arm summaries."""
+    arms = [a for a in plan.arms if any(p["arm"] == a for p in points)]
+    summaries = {arm: summarize_arm([p for p in points if p["arm"] == arm], plan) for arm in arms}
+    with open(os.path.join(plan.out, "ablation.md"), "w") as f:
+        f.write(markdown(summaries, plan, steps))
+    write_csv(flat_rows(points), os.path.join(plan.out, "ablation.csv"))
+    plot(points, plan, os.path.join(plan.out, "ablation.png"))
+    return summaries
+
+
 def run_ablation(plan: AblationPlan, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every arm and seed, then DIR/ablation.md, ablation.csv, ablation.png; returns the summaries."""
+    """Every arm and seed; DIR/ablation.md, ablation.csv, ablation.png are rewritten after each
+    run (a long ablation shows what it has so far); returns the summaries."""
     os.makedirs(plan.out, exist_ok=True)
     use_compile_cache()
     steps = load_config(plan.config, list(plan.overrides)).train.steps
     warm_params: dict[int, Any] = {}
     points: list[dict[str, Any]] = []
+    summaries: dict[str, Any] = {}
     for seed in range(plan.seeds):          # seed-major: the warm start of a seed is shared by its arms
         for arm in plan.arms:
             points += run_one(plan, arm, seed, warm_params, echo)
-    summaries = {arm: summarize_arm([p for p in points if p["arm"] == arm], plan) for arm in plan.arms}
-    with open(os.path.join(plan.out, "ablation.md"), "w") as f:
-        f.write(markdown(summaries, plan, steps))
-    write_csv(flat_rows(points), os.path.join(plan.out, "ablation.csv"))
-    plot(points, plan, os.path.join(plan.out, "ablation.png"))
+            summaries = write_outputs(points, plan, steps)
     return summaries

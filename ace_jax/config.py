@@ -71,6 +71,7 @@ class TrainSection:
     length_buckets: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
     logprob_chunk: int = 1024
     warmstart_steps: int = 0            # spec mode: behaviour cloning on grammatical specs first
+    warmstart_learning_rate: float = 0.0  # the warm start's constant rate (0: optimizer.learning_rate)
     heldout_eval: bool = False          # evaluate on heldout_tasks before the first RL step and at the end
     heldout_tasks: str = "heldout"      # built-in split or a tasks directory
     heldout_steps: int = 4              # agent steps per task

@@ -6,7 +6,7 @@ import pytest
 
 from ace_jax.cli import main
 from ace_jax.commands.demo import DEMO_CONFIG
-from ace_jax.train.ablation import AblationPlan, first_reaching, summarize_arm
+from ace_jax.train.ablation import AblationPlan, first_reaching, step_ratios, summarize_arm
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,7 +31,8 @@ def test_plan_rejects_unknown_arms_and_bad_target_metrics():
 
 
 def test_steps_to_target_is_the_first_evaluation_that_reaches_it():
-    plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1)
+    plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
+                        eval_every=5)
     points = _points("frontier", 0, [0.5, 0.85, 0.7, 0.9]) + _points("frontier", 1, [0.5, 0.6, 0.81, 0.9]) \
         + _points("frontier", 2, [0.1, 0.2, 0.3, 0.4])
     assert first_reaching(points[:4], plan.target_metric, 0.8)["step"] == 2
@@ -39,8 +40,21 @@ def test_steps_to_target_is_the_first_evaluation_that_reaches_it():
     assert s["seeds"] == 3 and s["reached"] == 2
     assert s["steps_to_target"] == {"mean": 3.0, "std": 1.0} and s["rollouts_to_target"]["mean"] == 24.0
     assert s["final_target_metric"]["mean"] == pytest.approx((0.9 + 0.9 + 0.4) / 3)
+    # Over all seeds, the run that never reaches the target counts as its last step (6) + eval_every (5).
+    assert s["steps_to_target_all"]["mean"] == pytest.approx((2 + 4 + 11) / 3)
     lower = first_reaching(points[:4], "heldout.greedy.mean_steps_to_first_valid", 2.0)
     assert lower["step"] == 0   # lower is better for steps to first valid
+
+
+def test_step_ratios_compare_frontier_with_every_other_arm_over_all_seeds():
+    plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
+                        eval_every=2)
+    frontier = summarize_arm(_points("frontier", 0, [0.5, 0.85, 0.9]), plan)      # reaches at step 2
+    uniform = summarize_arm(_points("uniform", 0, [0.5, 0.6, 0.7]), plan)         # never: 4 + 2
+    roots = summarize_arm(_points("roots-only", 0, [0.5, 0.6, 0.81]), plan)       # at step 4
+    assert step_ratios({"frontier": frontier, "uniform": uniform, "roots-only": roots}) == \
+        {"uniform": pytest.approx(2 / 6), "roots-only": pytest.approx(2 / 4)}
+    assert step_ratios({"uniform": uniform}) == {}
 
 
 @pytest.mark.slow

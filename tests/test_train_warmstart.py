@@ -20,6 +20,15 @@ def test_warmstart_optimizer_is_a_constant_rate_adamw_of_the_same_shape():
     assert float(rl(0)) == 0.0 and float(rl(5)) == pytest.approx(cfg.learning_rate)
 
 
+def test_warmstart_learning_rate_overrides_the_rl_rate_for_the_warm_start_only():
+    cfg = load_config(DEMO_CONFIG, ["optimizer.learning_rate=0.003", "train.warmstart_learning_rate=0.01"])
+    sft = warmstart_optimizer(cfg.optimizer, steps=150, learning_rate=cfg.train.warmstart_learning_rate)
+    assert [float(sft.schedule(i)) for i in (0, 149)] == pytest.approx([0.01, 0.01])
+    assert float(learning_rate_schedule(cfg.optimizer)(0)) == pytest.approx(0.003)
+    with pytest.raises(ValueError, match="warmstart_learning_rate"):
+        warmstart_optimizer(cfg.optimizer, steps=150, learning_rate=-1.0)
+
+
 @pytest.mark.slow
 def test_rl_optimizer_starts_fresh_after_the_warm_start(tmp_path):
     cfg = load_config(DEMO_CONFIG, [

@@ -291,7 +291,8 @@ class Trainer:
         mode, the tasks' reference solutions in code mode; with its own optimizer."""
         from ace_jax.train.warmstart import warm_start, warmstart_optimizer, warmstart_state
         sft_loss = self.loss_config.replace(use_tis=False, loss="ppo", kl_coef=0.0, old_logprobs="proximal")
-        sft = warmstart_optimizer(self.cfg.optimizer, self.cfg.train.warmstart_steps)  # its own moments and lr
+        sft = warmstart_optimizer(self.cfg.optimizer, self.cfg.train.warmstart_steps,  # its own moments and lr
+                                  learning_rate=self.cfg.train.warmstart_learning_rate)
         sft_step = make_train_step(self.graphdef, sft.optimizer, sft_loss, micro_batches=self.cfg.train.micro_batches,
                                    temperature=self.cfg.rollout.temperature, logprob_chunk=self.cfg.train.logprob_chunk,
                                    learning_rate=sft.schedule, state_sharding=self.placement.state_sharding,

@@ -35,10 +35,14 @@ class WarmStartOptimizer(NamedTuple):
     schedule: optax.Schedule
 
 
-def warmstart_optimizer(rl: OptimizerConfig, steps: int) -> WarmStartOptimizer:
-    """The warm start's own AdamW: the RL settings at a constant learning rate (no warmup, no decay).
-    Its state tree has the RL optimizer's structure, so the same sharding places it."""
-    cfg = dataclasses.replace(rl, warmup_steps=0, total_steps=max(int(steps), 1), min_lr_ratio=1.0)
+def warmstart_optimizer(rl: OptimizerConfig, steps: int, learning_rate: float = 0.0) -> WarmStartOptimizer:
+    """The warm start's own AdamW: the RL settings at a constant learning rate (no warmup, no decay),
+    `learning_rate` when it is > 0 (`train.warmstart_learning_rate`), else the RL one. Its state
+    tree has the RL optimizer's structure, so the same sharding places it."""
+    if learning_rate < 0:
+        raise ValueError(f"train.warmstart_learning_rate must be >= 0 (0: optimizer.learning_rate), got {learning_rate}")
+    cfg = dataclasses.replace(rl, warmup_steps=0, total_steps=max(int(steps), 1), min_lr_ratio=1.0,
+                              learning_rate=learning_rate or rl.learning_rate)
     return WarmStartOptimizer(make_optimizer(cfg), learning_rate_schedule(cfg))
 
 

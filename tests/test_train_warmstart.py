@@ -34,7 +34,7 @@ def test_rl_optimizer_starts_fresh_after_the_warm_start(tmp_path):
     cfg = load_config(DEMO_CONFIG, [
         f"train.run_dir={tmp_path / 'run'}", "train.steps=1", "train.warmstart_steps=3",
         "rollout.group_size=4", "rollout.states_per_step=2", "rollout.max_new_tokens=8",
-        "env.sandbox=bwrap", "curriculum.capacity=64", "train.length_buckets=[64]"])
+        "env.sandbox=bwrap", "curriculum.capacity=64", "train.length_buckets=[64]", "train.heldout_eval=false"])
     trainer = Trainer(cfg, echo=lambda s: None)
     try:
         before = jax.tree.map(np.asarray, trainer.state.params)
@@ -47,6 +47,10 @@ def test_rl_optimizer_starts_fresh_after_the_warm_start(tmp_path):
         assert np.asarray(trainer.state.rng).shape == (2,)   # not donated to the warm start's step
         # ... and its Adam moments are the fresh ones, not the warm start's.
         for a, b in zip(jax.tree.leaves(fresh_opt), jax.tree.leaves(trainer.state.opt_state)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+        # A run in stages (ace-jax ablate: run(0), evaluate, run(4), ...) warm-starts once, not per stage.
+        trainer.run(0)
+        for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(trainer.state.params)):
             np.testing.assert_array_equal(a, np.asarray(b))
     finally:
         trainer.close()

@@ -153,6 +153,7 @@ class Trainer:
             run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
         self._maybe_resume()
         self.heldout = heldout_tracker(self) if cfg.train.heldout_eval else None
+        self.warm_started = False
         self._metrics_file = self._tensorboard = None
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
                   f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
@@ -306,13 +307,14 @@ class Trainer:
                                 max_new_tokens=self.cfg.rollout.max_new_tokens,
                                 place_batch=self.placement.place_batch, echo=self.echo)
         self.state = self.state._replace(params=warmed.params)  # RL optimizer and schedule untouched
+        self.warm_started = True
         self.engine.update_weights(self.state.params, weight_version="warmstart")
 
     def run(self, steps: int | None = None) -> dict[str, Any]:
         total = self.cfg.train.steps if steps is None else steps
-        if self.step == 0 and self.cfg.train.warmstart_steps:
-            self.warm_start()
-        if self.heldout is not None and self.step == 0:
+        if self.step == 0 and self.cfg.train.warmstart_steps and not self.warm_started:
+            self.warm_start()   # once: `run` may be called in stages (ace-jax ablate evaluates between them)
+        if self.heldout is not None and self.step == 0 and "before" not in self.heldout.results:
             self.heldout.measure("before")
         # Lines and events of steps after the checkpoint (a killed run) are dropped first.
         if self.writer:

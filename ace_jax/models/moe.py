@@ -7,7 +7,7 @@ Backends (all dropless, equal in values and gradients; `dense` is the reference)
   batched matmul over blocks with each block's expert weights gathered (fast on CPU, where
   `ragged_dot` lowers to a dense loop over experts).
 - `gmm`: sort by expert and run `moe_gmm.grouped_matmul` (custom VJP of three grouped matmuls:
-  the Pallas megablox kernels on TPU targets, `ragged_dot` elsewhere).
+  the Pallas megablox kernels on TPU targets, tokamax's kernels on GPU, `ragged_dot` elsewhere).
 
 `auto` resolves for the compile target (the active sharding hooks' mesh, else JAX's backend).
 """
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ace_jax.models.constraints import active, expert_ffn, target_platform
-from ace_jax.models.moe_gmm import default_impl, grouped_matmul
+from ace_jax.models.moe_gmm import default_impl, grouped_matmul, tokamax_available
 
 
 class Routing(NamedTuple):
@@ -136,8 +136,11 @@ BACKENDS: dict[str, Callable] = {
 
 def auto_backend(platform: str) -> str:
     """The backend `auto` means for a compile target: `gmm` on TPU (megablox kernels, forward and
-    backward sparse), `blocked` on CPU and GPU (fastest measured there, bench/moe_block.py)."""
-    return "gmm" if platform == "tpu" else "blocked"
+    backward sparse) and on GPU with tokamax installed (its grouped-matmul kernels; without them
+    XLA:GPU runs a ragged dot densely), `blocked` otherwise (fastest measured on CPU, bench/moe_block.py)."""
+    if platform == "tpu" or (platform == "gpu" and tokamax_available()):
+        return "gmm"
+    return "blocked"
 
 
 def resolve_backend(backend: str) -> str:

@@ -3,7 +3,7 @@
 Same weights and inputs (hidden 512, 32 experts, top 4, expert width 256, 2048 tokens by
 default). Prints a table; the last line is `ratio moe_block_fwd_bwd <ours/theirs>` with ours the
 fastest of our backends and theirs transformers' fastest experts implementation on CPU.
-Run: .venv/bin/python bench/moe_block.py [--tokens 2048] [--repeats 5]
+Run: .venv/bin/python bench/moe_block.py [--tokens 2048] [--repeats 5] [--backends blocked gmm ..]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     args = parser.parse_args()
     n, h, e, k, i = args.tokens, args.hidden, args.experts, args.top_k, args.width
     rng = np.random.default_rng(0)
@@ -50,7 +51,7 @@ def main() -> None:
     cot = rng.standard_normal((n, h), np.float32)
 
     rows = []
-    for backend in BACKENDS:
+    for backend in args.backends:
         if backend == "dense" and n * e * max(h, i) > 2**28:
             continue
 

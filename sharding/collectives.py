@@ -9,6 +9,12 @@ group differ. Partition / device id p is the p-th device of the mesh in row-majo
 Bytes are per device per step: payload (the op's result, or operand for reduce-scatter) and
 ring traffic (all-gather / reduce-scatter / all-to-all: (n-1)/n x payload; all-reduce:
 2(n-1)/n x payload; collective-permute: payload).
+
+`widened` marks the share of a collective's payload that is bf16 data the compiler widened to
+f32 for the collective (its operand is a `convert` from bf16, alone or as a fusion's root, or its
+reducer is a `*_promoted` clone): the CPU compiler does this to every bf16 collective, a GPU or
+TPU moves such data in bf16.
+`bf16_traffic` counts those bytes at their bf16 size.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ class Collective:
     group_size: int
     axes: tuple[str, ...]
     count: int              # executions per step (loop trip counts)
+    widened: float = 0.0    # fraction of the payload that is bf16 data widened to f32 by the compiler
 
     @property
     def traffic(self) -> float:
@@ -50,6 +57,11 @@ class Collective:
         if self.kind == "collective-permute":
             return self.payload
         return (n - 1) / n * self.payload
+
+    @property
+    def bf16_traffic(self) -> float:
+        """Traffic with the widened bf16 data counted at 2 bytes per element."""
+        return self.traffic * (1 - self.widened / 2)
 
 
 def _arrays(type_text: str) -> list[float]:
@@ -174,6 +186,56 @@ def _axes_of(groups: Iterable[list[int]], mesh_axes: list[str], mesh_shape: list
     return tuple(mesh_axes[i] for i in sorted(varying))
 
 
+def _definitions(lines: list[str]) -> dict[str, tuple[str, str, str]]:
+    """{op name: (result type, opcode, rest of the line)} of one computation."""
+    out = {}
+    for line in lines:
+        op = _OP.match(line)
+        if op:
+            out[op.group(1)] = (op.group(2), op.group(3), op.group(4))
+    return out
+
+
+def _operands(rest: str) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", rest.split(")", 1)[0])
+
+
+_PASS_THROUGH = ("bitcast", "copy", "reshape")
+
+
+def _widened_from_bf16(name: str, defs: dict, comps: dict[str, list[str]], depth: int = 0) -> bool:
+    """Is op `name` an f32 value converted from bf16 (possibly the root of a fusion, through bitcasts)?"""
+    if name not in defs or depth > 8:
+        return False
+    rtype, opcode, rest = defs[name]
+    if not rtype.lstrip("(").startswith("f32"):
+        return False
+    if opcode in _PASS_THROUGH:
+        return any(_widened_from_bf16(a, defs, comps, depth + 1) for a in _operands(rest)[:1])
+    if opcode == "convert":
+        src = _operands(rest)[:1]
+        return bool(src) and src[0] in defs and defs[src[0]][0].startswith("bf16")
+    if opcode == "fusion":
+        called = re.search(r"calls=%?([\w.\-]+)", rest)
+        body = comps.get(called.group(1), []) if called else []
+        root = next((line for line in body if line.lstrip().startswith("ROOT")), None)
+        root_op = _OP.match(root) if root else None
+        return bool(root_op) and _widened_from_bf16(root_op.group(1), _definitions(body), comps, depth + 1)
+    return False
+
+
+def _widened_share(rest: str, defs: dict, comps: dict[str, list[str]]) -> float:
+    """Fraction of a collective's operand bytes that are bf16 data widened to f32. A reduction whose
+    reducer the compiler cloned as `<name>_promoted` (from a bf16 one) counts as widened whole."""
+    reducer = re.search(r"to_apply=%?([\w.\-]+)", rest)
+    if reducer and reducer.group(1).endswith("_promoted"):
+        return 1.0
+    sizes = [(name, sum(_arrays(defs[name][0]))) for name in _operands(rest) if name in defs]
+    total = sum(b for _, b in sizes)
+    widened = sum(b for name, b in sizes if _widened_from_bf16(name, defs, comps))
+    return widened / total if total else 0.0
+
+
 def find_collectives(hlo: str, mesh_axes: list[str], mesh_shape: list[int]) -> tuple[list[Collective], list[str]]:
     """All collectives of an HLO module with their per-step execution counts and mesh axes."""
     comps, entry = parse_computations(hlo)
@@ -183,6 +245,7 @@ def find_collectives(hlo: str, mesh_axes: list[str], mesh_shape: list[int]) -> t
     total = math.prod(mesh_shape)
     out = []
     for name, m in mult.items():
+        defs = _definitions(comps.get(name, ()))
         for line in comps.get(name, ()):
             op = _OP.match(line)
             if not op:
@@ -205,16 +268,20 @@ def find_collectives(hlo: str, mesh_axes: list[str], mesh_shape: list[int]) -> t
                 n = max(len(g) for g in groups)
                 if base == "reduce-scatter":
                     payload *= n
-            out.append(Collective(base, float(payload), n, _axes_of(groups, mesh_axes, mesh_shape), m))
+            out.append(Collective(base, float(payload), n, _axes_of(groups, mesh_axes, mesh_shape), m,
+                                  _widened_share(op.group(4), defs, comps)))
     return out, notes
 
 
-def collective_traffic(hlo: str, mesh) -> dict[str, dict[str, float]]:
+def mesh_collectives(hlo: str, mesh) -> list[Collective]:
+    """`find_collectives` on `mesh`'s axes."""
+    axes = list(mesh.axis_names)
+    return find_collectives(hlo, axes, [int(mesh.shape[a]) for a in axes])[0]
+
+
+def traffic_table(found: Iterable[Collective]) -> dict[str, dict[str, float]]:
     """{mesh axes label: {"traffic": bytes, "payload": bytes, "ops": executions, <kind>: bytes}} per
     device per step; the label joins the axes a group spans ("fsdp+expert")."""
-    axes = list(mesh.axis_names)
-    shape = [int(mesh.shape[a]) for a in axes]
-    found, _ = find_collectives(hlo, axes, shape)
     table: dict[str, dict[str, float]] = {}
     for c in found:
         label = "+".join(c.axes) or "none"
@@ -224,3 +291,13 @@ def collective_traffic(hlo: str, mesh) -> dict[str, dict[str, float]]:
         row["ops"] += c.count
         row[c.kind] = row.get(c.kind, 0.0) + c.traffic * c.count
     return dict(sorted(table.items(), key=lambda kv: -kv[1]["traffic"]))
+
+
+def bf16_traffic(found: Iterable[Collective]) -> float:
+    """Total traffic per device per step with compiler-widened bf16 data counted in bf16."""
+    return float(sum(c.bf16_traffic * c.count for c in found))
+
+
+def collective_traffic(hlo: str, mesh) -> dict[str, dict[str, float]]:
+    """`traffic_table` of the collectives of `hlo` on `mesh`."""
+    return traffic_table(mesh_collectives(hlo, mesh))

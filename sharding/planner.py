@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sharding.collectives import collective_traffic
+from sharding.collectives import bf16_traffic, mesh_collectives, traffic_table
 from sharding.hlo_costs import hlo_flops
 
 GB = float(2**30)   # GiB, the unit XLA reports HBM in ("95.74G" for a v5p chip)
@@ -175,7 +175,9 @@ def plan(spec: StepSpec, mesh, *, name: str, compiler: str, exact: bool,
         os.makedirs(os.path.dirname(hlo_path) or ".", exist_ok=True)
         with open(hlo_path, "w") as f:
             f.write(hlo)
-    result.collectives = collective_traffic(hlo, mesh)
+    found = mesh_collectives(hlo, mesh)
+    result.collectives = traffic_table(found)
+    result.info["traffic_bf16"] = bf16_traffic(found)
     result.info["compiled"] = compiled_costs(compiled, hlo)
     if hbm_bytes:
         result.fits = result.memory["peak"] <= hbm_bytes

@@ -129,6 +129,11 @@ def costs_lines(r: PlanResult) -> list[str]:
         lines += ["", f"{'collectives (GiB/device/step)':<40}{'compiled':>12}{'minimum':>12}{'ratio':>8}",
                   f"{'total':<40}{_gb(total_traffic(r)):>12}{_gb(minimum['total']):>12}"
                   f"{_ratio(total_traffic(r), minimum['total']):>8}"]
+        widened = r.info.get("traffic_bf16")
+        if widened is not None and widened < 0.999 * total_traffic(r):
+            lines.append(f"{'total, bf16 collectives counted in bf16':<40}{_gb(widened):>12}{_gb(minimum['total']):>12}"
+                         f"{_ratio(widened, minimum['total']):>8}  (corrected: the compiler widened "
+                         f"{_gb(total_traffic(r) - widened)} GiB of bf16 data to f32)")
         lines += [f"  compiled {k:<31}{_gb(v):>12}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
         lines += [f"  minimum {k:<32}{'':>12}{_gb(v):>12}" for k, v in minimum.items() if k != "total"]
     for backend, row_ in (info.get("moe_layer_flops") or {}).items():
@@ -155,7 +160,8 @@ def costs_lines(r: PlanResult) -> list[str]:
 
 COLUMNS = ("config", "compiler", "exact", "devices", "mesh", "batch", "seq_len", "params_gib", "optimizer_gib",
            "gradients_gib", "temp_gib", "activations_est_gib", "peak_gib", "hbm_gib", "fits", "collective_gib",
-           "top_axis", "compile_s", "flops_vs_analytic", "traffic_vs_minimum", "step_s_overlap", "step_s_serial",
+           "top_axis", "compile_s", "flops_vs_analytic", "traffic_vs_minimum",
+           "traffic_bf16_vs_minimum", "step_s_overlap", "step_s_serial",
            "mfu_overlap", "tokens_s_chip")
 
 
@@ -179,6 +185,7 @@ def _roofline_row(r: PlanResult) -> dict:
     ratio = lambda a, b: round(a / b, 2) if a and b else None  # noqa: E731
     return {"flops_vs_analytic": ratio(executed_flops(r), flops),
             "traffic_vs_minimum": ratio(total_traffic(r), minimum.get("total")),
+            "traffic_bf16_vs_minimum": ratio(r.info.get("traffic_bf16"), minimum.get("total")),
             "step_s_overlap": float(f"{roof.step_overlapped:.3g}") if roof else None,
             "step_s_serial": float(f"{roof.step_serial:.3g}") if roof else None,
             "mfu_overlap": round(roof.mfu_overlapped, 3) if roof else None,

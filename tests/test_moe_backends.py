@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from ace_jax.models import Qwen3ForCausalLM, get_config
+from ace_jax.models import moe
 from ace_jax.models.moe import BACKENDS, moe_block
 
 
@@ -114,3 +115,23 @@ def test_30b_parameter_count_without_allocation():
     active = total - experts * (cfg.num_experts - cfg.num_experts_per_tok) / cfg.num_experts
     assert round(total / 1e9, 2) == 30.53
     assert round(active / 1e9, 2) == 3.35
+
+
+def test_block_matmul_equals_gathered_weights_in_values_and_gradients():
+    from ace_jax.models.block_matmul import block_matmul
+
+    ks = jax.random.split(jax.random.PRNGKey(7), 3)
+    xb, w = jax.random.normal(ks[0], (5, 8, 6)), jax.random.normal(ks[1], (3, 6, 4))
+    experts, cot = jnp.array([0, 2, 2, 1, 0]), jax.random.normal(ks[2], (5, 8, 4))
+    gathered = lambda a, b: jnp.einsum("bmk,bkn->bmn", a, b[experts])  # noqa: E731
+    out, vjp = jax.vjp(lambda a, b: block_matmul(a, b, experts), xb, w)
+    ref, ref_vjp = jax.vjp(gathered, xb, w)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    for a, b in zip(vjp(cot), ref_vjp(cot)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="experts must be \\[5\\]"):
+        block_matmul(xb, w, experts[:3])
+
+
+def test_block_size_follows_the_mean_group():
+    assert moe.block_size(8192, 32) == 128 and moe.block_size(32, 32) == 8 and moe.block_size(600, 8) == 64

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ace_jax.models import moe
-from ace_jax.models.moe_gmm import IMPLS, default_impl, grouped_matmul
+from ace_jax.models.moe_gmm import IMPLS, default_impl, grouped_matmul, tokamax_available
 
 SIZES = [10, 0, 17, 9]   # an empty group, and 4 rows past the groups (M = 40)
 
@@ -30,7 +30,13 @@ def _args(m=40, k=16, n=24):
     return lhs, rhs, cot
 
 
-@pytest.mark.parametrize("impl", ["xla", "megablox-interpret"])
+TOKAMAX = pytest.mark.skipif(not tokamax_available(), reason="tokamax (the gpu / dev extra) is not installed")
+
+
+# On CPU the tokamax kernels (Mosaic GPU, Triton) cannot run: tokamax falls back to its XLA path,
+# so this checks the wiring (arguments, the fallback, the custom VJP around it), not the kernels.
+@pytest.mark.parametrize("impl", ["xla", "megablox-interpret", pytest.param("tokamax-triton", marks=TOKAMAX),
+                                  pytest.param("tokamax", marks=TOKAMAX)])
 def test_grouped_matmul_values_and_gradients(impl):
     lhs, rhs, cot = _args()
     sizes = jnp.array(SIZES, jnp.int32)
@@ -59,7 +65,7 @@ def test_grouped_matmul_rejects_bad_input():
         grouped_matmul(lhs, rhs, jnp.array([40]), "xla")
     with pytest.raises(ValueError, match="lhs \\[M, K\\] and rhs \\[G, K, N\\]"):
         grouped_matmul(lhs, rhs[:, :8], jnp.array(SIZES), "xla")
-    assert set(IMPLS) == {"megablox", "megablox-interpret", "xla"}
+    assert set(IMPLS) == {"megablox", "megablox-interpret", "xla", "tokamax", "tokamax-mosaic", "tokamax-triton"}
 
 
 def test_megablox_kernels_in_the_moe_block_match_dense():
@@ -87,5 +93,7 @@ def test_megablox_kernels_in_the_moe_block_match_dense():
 
 def test_auto_picks_the_kernels_per_platform():
     assert moe.auto_backend("tpu") == "gmm" and default_impl("tpu") == "megablox"
-    assert moe.auto_backend("cpu") == "blocked" and default_impl("gpu") == "xla"
+    assert moe.auto_backend("cpu") == "blocked" and default_impl("cpu") == "xla"
+    gpu = ("gmm", "tokamax") if tokamax_available() else ("blocked", "xla")
+    assert (moe.auto_backend("gpu"), default_impl("gpu")) == gpu
     assert moe.resolve_backend("auto") == moe.auto_backend(jax.default_backend())

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sharding.collectives import collective_traffic, find_collectives
+from sharding.collectives import bf16_traffic, collective_traffic, find_collectives, mesh_collectives
 from sharding.mesh import build_mesh, load_mesh_config
 
 AXES = ["data", "fsdp", "expert", "tensor"]
@@ -95,3 +95,26 @@ def test_traffic_of_a_compiled_program():
     table = collective_traffic(f.lower(x, y).compile().as_text(), mesh)
     assert table["expert"]["all-reduce"] == 2 * 3 / 4 * 1024 * 4
     assert table["fsdp"]["all-gather"] == 1 / 2 * 512 * 4
+
+
+def test_bf16_collectives_widened_by_the_cpu_compiler_are_counted_in_bf16():
+    """XLA:CPU widens bf16 collectives to f32 (a convert before an all-gather, a `*_promoted`
+    reducer for a reduce-scatter): the raw traffic counts 4 bytes per element, `bf16_traffic` 2;
+    f32 data is left as it is."""
+    mesh = build_mesh(load_mesh_config({"mesh": {"fsdp": 2, "expert": 4}, "rules": {}}))
+
+    def body(a, b, c):
+        return (jax.lax.all_gather(a, "expert", tiled=True), jax.lax.psum_scatter(b, "expert", tiled=True),
+                jax.lax.all_gather(c, "expert", tiled=True))
+
+    f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("expert"), P(), P("expert")),
+                              out_specs=(P(), P("expert"), P()), check_vma=False))
+    sds = lambda n, dt, spec: jax.ShapeDtypeStruct((n,), dt, sharding=NamedSharding(mesh, spec))  # noqa: E731
+    hlo = f.lower(sds(4 * 256, jnp.bfloat16, P("expert")), sds(4 * 256, jnp.bfloat16, P()),
+                  sds(4 * 64, jnp.float32, P("expert"))).compile().as_text()
+    found = {(c.kind, c.payload): c for c in mesh_collectives(hlo, mesh)}
+    gather, scatter, plain = found["all-gather", 1024 * 4], found["reduce-scatter", 1024 * 4], found["all-gather", 256 * 4]
+    assert (gather.widened, scatter.widened, plain.widened) == (1.0, 1.0, 0.0)
+    raw = sum(c.traffic for c in found.values())
+    assert raw == 3 / 4 * (1024 * 4 + 1024 * 4 + 256 * 4)
+    assert bf16_traffic(found.values()) == 3 / 4 * (1024 * 2 + 1024 * 2 + 256 * 4)

@@ -1,6 +1,7 @@
 """On 8 fake CPU devices the sharded GRPO step equals the single-device step (rule presets)."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -57,3 +58,30 @@ def test_sharded_step_equals_single_device(reference, preset):
     # Parameters stay laid out as the rules say after the update.
     for (path, a), s in zip(flat, jax.tree.leaves(state_sharding.params)):
         assert a.sharding.is_equivalent_to(s, a.ndim), jax.tree_util.keystr(path)
+
+
+def _logits_rows(jaxpr, vocab: int) -> set[int]:
+    """Rows (second-to-last dim) of every matmul producing [.., vocab] logits in `jaxpr`, nested ones too."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general" and eqn.outvars[0].aval.shape[-1] == vocab:
+            found.add(eqn.outvars[0].aval.shape[-2])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found |= _logits_rows(sub, vocab)
+    return found
+
+
+def test_logprob_chunk_is_sized_from_the_rows_on_each_device():
+    """8 rows over 8 devices: each device holds 1 row, so its chunk takes the whole budget (all 63
+    tokens of its row), not 1/8 of it as for 8 rows on one device."""
+    from ace_jax.train import sequence_logprobs
+
+    graphdef, params = nnx.split(Qwen3ForCausalLM(CFG, rngs=nnx.Rngs(0)))
+    ids = jnp.ones((8, 64), jnp.int32)
+    trace = lambda: jax.make_jaxpr(  # noqa: E731
+        lambda p: sequence_logprobs(graphdef, p, ids, ids, chunk_size=256))(params).jaxpr
+    assert _logits_rows(trace(), CFG.vocab_size) == {32}            # one device: 256 tokens / 8 rows
+    cfg = load_mesh_config("fsdp")
+    mesh = build_mesh(cfg)
+    with use(hooks_for(cfg, mesh)):
+        assert _logits_rows(trace(), CFG.vocab_size) == {63}        # 1 row per device: min(256, 63)

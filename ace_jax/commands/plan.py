@@ -136,7 +136,9 @@ def plan_one(cfg, args, devices_for: Callable[[Any, int], tuple[list, str, bool,
         # (grouped GEMM) never allocates; the dense local expert computation is the closer proxy.
         ep_local = "dense"
         notes = list(notes) + ["expert-parallel local experts planned with the dense computation "
-                               "(XLA:CPU's ragged_dot expands every group; GPUs run a grouped GEMM)"]
+                               "(XLA:CPU's ragged_dot expands every group): every local expert on every "
+                               "gathered token, so the expert FLOPs are counted local-experts times over; "
+                               "on GPU the gmm backend runs tokamax's grouped matmuls (the gpu extra)"]
     results = []
     for batch in _batches(args, cfg, mesh, cfg.rules):
         spec = build(model_cfg, mesh, cfg.rules, batch=batch, seq_len=seq_len,

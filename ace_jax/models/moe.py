@@ -3,11 +3,11 @@
 Backends (all dropless, equal in values and gradients; `dense` is the reference):
 - `dense`: every expert on every token, combined with a one-hot weight matrix.
 - `ragged`: sort (token, slot) pairs by expert, `jax.lax.ragged_dot`, scatter-add back.
-- `blocked`: sort by expert, pad each expert's group to a multiple of a block size, and run one
-  batched matmul over blocks with each block's expert weights gathered (fast on CPU, where
-  `ragged_dot` lowers to a dense loop over experts).
+- `blocked`: sort by expert, pad each expert's group to a multiple of a block size, and multiply
+  each block by its expert's weights in place (`block_matmul`, a loop over blocks with a custom
+  VJP: no per-block weight gather; fast on CPU, where `ragged_dot` lowers to a dense loop over experts).
 - `gmm`: sort by expert and run `moe_gmm.grouped_matmul` (custom VJP of three grouped matmuls:
-  the Pallas megablox kernels on TPU targets, `ragged_dot` elsewhere).
+  the Pallas megablox kernels on TPU targets, tokamax's kernels on GPU, `ragged_dot` elsewhere).
 
 `auto` resolves for the compile target (the active sharding hooks' mesh, else JAX's backend).
 """
@@ -19,8 +19,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ace_jax.models.block_matmul import block_matmul
 from ace_jax.models.constraints import active, expert_ffn, target_platform
-from ace_jax.models.moe_gmm import default_impl, grouped_matmul
+from ace_jax.models.moe_gmm import default_impl, grouped_matmul, tokamax_available
 
 
 class Routing(NamedTuple):
@@ -103,9 +104,17 @@ def _expert_ffn_gmm(x, routing, gate, up, down):
     return grouped_ffn(x, routing.weights, routing.ids, gate, up, down, target_gmm())
 
 
-def _expert_ffn_blocked(x, routing, gate, up, down, block: int = 64):
+def block_size(n_pairs: int, num_experts: int, largest: int = 128) -> int:
+    """Rows per block: the power of two nearest below the mean group size, within [8, largest]
+    (few tokens, as in decoding, would otherwise be mostly padding)."""
+    mean = max(n_pairs // max(num_experts, 1), 1)
+    return int(min(largest, max(8, 1 << (mean.bit_length() - 1))))
+
+
+def _expert_ffn_blocked(x, routing, gate, up, down):
     num_experts = gate.shape[0]
     n_pairs = routing.ids.size
+    block = block_size(n_pairs, num_experts)
     order, token_of, group_sizes = _sort_by_expert(routing, num_experts)
     # Each expert's group starts at a block boundary; worst case adds (block - 1) per expert.
     padded_sizes = (group_sizes + block - 1) // block * block
@@ -119,9 +128,8 @@ def _expert_ffn_blocked(x, routing, gate, up, down, block: int = 64):
     block_expert = jnp.searchsorted(jnp.cumsum(padded_sizes), jnp.arange(num_blocks) * block, side="right")
     block_expert = jnp.minimum(block_expert, num_experts - 1)
     xb = xs.reshape(num_blocks, block, -1)
-    h = jax.nn.silu(jnp.einsum("bmh,bhi->bmi", xb, gate[block_expert])) * jnp.einsum(
-        "bmh,bhi->bmi", xb, up[block_expert])
-    out = jnp.einsum("bmi,bih->bmh", h, down[block_expert]).reshape(capacity, -1)[dest]
+    h = jax.nn.silu(block_matmul(xb, gate, block_expert)) * block_matmul(xb, up, block_expert)
+    out = block_matmul(h, down, block_expert).reshape(capacity, -1)[dest]
     out = out * routing.weights.reshape(-1)[order][:, None]
     return jnp.zeros_like(x).at[token_of].add(out)
 
@@ -136,8 +144,11 @@ BACKENDS: dict[str, Callable] = {
 
 def auto_backend(platform: str) -> str:
     """The backend `auto` means for a compile target: `gmm` on TPU (megablox kernels, forward and
-    backward sparse), `blocked` on CPU and GPU (fastest measured there, bench/moe_block.py)."""
-    return "gmm" if platform == "tpu" else "blocked"
+    backward sparse) and on GPU with tokamax installed (its grouped-matmul kernels; without them
+    XLA:GPU runs a ragged dot densely), `blocked` otherwise (fastest measured on CPU, bench/moe_block.py)."""
+    if platform == "tpu" or (platform == "gpu" and tokamax_available()):
+        return "gmm"
+    return "blocked"
 
 
 def resolve_backend(backend: str) -> str:

@@ -10,8 +10,13 @@ autodiff computes it densely over every group on TPU).
 Implementations (`IMPLS`):
 - `megablox`: the Pallas TPU kernels `gmm` / `tgmm` of jax.experimental.pallas.ops.tpu.megablox.
 - `megablox-interpret`: the same kernels in Pallas interpret mode (any platform; for tests).
-- `xla`: `jax.lax.ragged_dot` / `ragged_dot_general` (the reference; any platform).
-`default_impl(platform)` picks `megablox` for TPU targets and `xla` elsewhere. Mosaic lowers the
+- `xla`: `jax.lax.ragged_dot` / `ragged_dot_general` (the reference; any platform). XLA:GPU's
+  default lowering expands a ragged dot into a dense batched dot over every group.
+- `tokamax`, `tokamax-mosaic`, `tokamax-triton`: tokamax's `ragged_dot` / `ragged_dot_general`
+  (GPU kernels: Mosaic GPU, Triton; `tokamax` lets tokamax choose), falling back to tokamax's XLA
+  path where a kernel does not run (e.g. on CPU). Needs the `gpu` extra (tokamax).
+`default_impl(platform)` picks `megablox` for TPU targets, `tokamax` for GPU targets when tokamax
+is installed, and `xla` otherwise. Mosaic lowers the
 kernels' bf16 dots with the default matmul precision: `jax_default_matmul_precision="highest"`
 (fp32 contract precision) does not compile for bf16 operands.
 """
@@ -20,23 +25,42 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("megablox", "megablox-interpret", "xla")
+IMPLS = ("megablox", "megablox-interpret", "xla", "tokamax", "tokamax-mosaic", "tokamax-triton")
+# tokamax `implementation=` per impl: a kernel, then tokamax's XLA path where the kernel cannot run.
+_TOKAMAX = {"tokamax": None, "tokamax-mosaic": ("mosaic", "xla"), "tokamax-triton": ("triton", "xla")}
 _TGMM_DIMS = jax.lax.RaggedDotDimensionNumbers(
     dot_dimension_numbers=(([0], [0]), ([], [])), lhs_ragged_dimensions=[0], rhs_group_dimensions=[])
 
 
+def tokamax_available() -> bool:
+    return importlib.util.find_spec("tokamax") is not None
+
+
 def default_impl(platform: str) -> str:
     """The grouped-matmul implementation for a compile target platform ('tpu', 'gpu', 'cpu')."""
-    return "megablox" if platform == "tpu" else "xla"
+    if platform == "tpu":
+        return "megablox"
+    return "tokamax" if platform == "gpu" and tokamax_available() else "xla"
 
 
 def _megablox():
     # The package's `gmm` attribute is the custom-VJP function; the kernels live in the module.
     return importlib.import_module("jax.experimental.pallas.ops.tpu.megablox.gmm")
+
+
+def _tokamax():
+    """The tokamax module, its absl flags marked parsed at their defaults (tokamax would otherwise
+    parse sys.argv, this program's own arguments, as absl flags on first use)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    return importlib.import_module("tokamax")
 
 
 def _kernel(name: str, *arrays, interpret: bool, **kw):
@@ -108,6 +132,11 @@ def _gmm(lhs, rhs, group_sizes, impl: str, transpose_rhs: bool = False):
     if impl == "xla":
         w = rhs.swapaxes(1, 2) if transpose_rhs else rhs
         return jax.lax.ragged_dot(lhs, w, group_sizes, preferred_element_type=lhs.dtype)
+    if impl in _TOKAMAX:
+        w = rhs.swapaxes(1, 2) if transpose_rhs else rhs
+        out = _tokamax().ragged_dot(lhs, w, group_sizes, preferred_element_type=lhs.dtype,
+                                    implementation=_TOKAMAX[impl])
+        return _mask_rows(out, group_sizes)
     m, k = lhs.shape
     n = rhs.shape[1] if transpose_rhs else rhs.shape[2]
     tm = _row_tile(m)
@@ -122,6 +151,10 @@ def _tgmm(lhs, grad, group_sizes, impl: str, out_dtype):
     if impl == "xla":
         return jax.lax.ragged_dot_general(lhs, grad, group_sizes, _TGMM_DIMS,
                                           preferred_element_type=jnp.float32).astype(out_dtype)
+    if impl in _TOKAMAX:
+        return _tokamax().ragged_dot_general(
+            lhs, grad, group_sizes, _TGMM_DIMS, preferred_element_type=jnp.float32,
+            implementation=_TOKAMAX[impl]).astype(out_dtype)
     m, k = lhs.shape
     tm = _row_tile(m)
     return _kernel("tgmm", _pad_rows(lhs, tm).swapaxes(0, 1), _pad_rows(grad, tm), group_sizes,

@@ -19,6 +19,7 @@ from ace_jax.grpo.logprobs import chunked_logprobs
 from ace_jax.models import Qwen3Config, Qwen3ForCausalLM
 from ace_jax.models.constraints import use as use_hooks
 from ace_jax.train.optimizer import scale_by_adam_moments
+from ace_jax.train.step import compute_head
 from sharding import init as sharded
 from sharding.context import model_hooks
 from sharding.expert_parallel import expert_axes
@@ -52,7 +53,7 @@ def make_step(graphdef, tx, hooks=None, chunk: int = 1024):
     def loss_fn(params, batch):
         model = nnx.merge(graphdef, params)
         out = model.forward(batch["input_ids"], batch["attention_mask"], compute_logits=False)
-        lp = token_logprobs(out.hidden, model.lm_head_weight().astype(out.hidden.dtype), batch["targets"], chunk)
+        lp = token_logprobs(out.hidden, compute_head(model, out.hidden.dtype), batch["targets"], chunk)
         mask = batch["loss_mask"].astype(jnp.float32)
         return -jnp.sum(lp * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 

@@ -8,6 +8,7 @@ An update whose loss or gradients are non-finite is skipped and counted.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import jax
@@ -16,8 +17,10 @@ import optax
 from flax import nnx
 
 from ace_jax.grpo import LossConfig, add_terms, chunked_logprobs, finalize_terms, loss_count, policy_loss_terms
+from ace_jax.models.constraints import active, constrain
 from ace_jax.train.batch import TrainBatch
 from ace_jax.train.state import TrainState
+from sharding.rules import batch_spec
 
 
 def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.Array,
@@ -34,9 +37,9 @@ def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.
     out = model.forward(input_ids, attention_mask, routed_experts=routed_experts, compute_logits=False)
     b, t = input_ids.shape
     # Chunk along each sequence (vmap over rows) so the batch axis stays sharded on a mesh; the
-    # per-row chunk keeps the working set near `chunk_size` tokens for the whole micro-batch.
-    row_chunk = max(16, chunk_size // b)
-    head = model.lm_head_weight().astype(out.hidden.dtype)  # the compute dtype, as forward and the engine
+    # per-row chunk keeps each device's working set near `chunk_size` tokens for its own rows.
+    row_chunk = max(16, chunk_size // local_rows(b, t))
+    head = compute_head(model, out.hidden.dtype)
     one = lambda h, y: chunked_logprobs(h[None], head, y[None], temperature=temperature,  # noqa: E731
                                         chunk_size=row_chunk, return_entropy=return_entropy)
     windowed = completion_start is not None and completion_window is not None and completion_window < t - 1
@@ -55,6 +58,25 @@ def sequence_logprobs(graphdef: nnx.GraphDef, params: nnx.State, input_ids: jax.
         place = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # noqa: E731
     placed = tuple(place(r) for r in result)
     return placed if return_entropy else placed[0]
+
+
+def local_rows(rows: int, seq_len: int) -> int:
+    """Rows of a [rows, seq_len] batch array on one device: `rows` over the mesh axes the active
+    sharding hooks' batch rule splits it on (`rows` without hooks)."""
+    hooks = active()
+    mesh, rules = getattr(hooks, "mesh", None), getattr(hooks, "rules", None)
+    if mesh is None or rules is None:
+        return rows
+    spec = batch_spec(mesh, rules, (rows, seq_len))
+    axes = spec[0] if len(spec) else None
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    return rows // math.prod(mesh.shape[a] for a in axes)
+
+
+def compute_head(model: Any, dtype: Any) -> jax.Array:
+    """The LM head [H, V] in the compute dtype (as forward and the engine), cast where it is
+    sharded so that a mesh gathers it in that dtype rather than in the parameter dtype."""
+    return constrain(model.lm_head_weight().astype(dtype), ("embed", "vocab"))
 
 
 def first_completion_index(loss_mask: jax.Array) -> jax.Array:

@@ -18,6 +18,8 @@ class Batcher:
     The first queued call opens a batch; calls arriving within `max_wait_s` (up to `max_rows`
     samples) join it. `exclusive()` waits for the running batch and holds the engine idle (weight
     updates). If a batch fails, its calls are retried one by one so one bad call fails alone.
+    A continuous engine (`engine.scheduler`) gets each batch without waiting for the previous
+    one, so concurrent clients share its decode slots.
     """
 
     def __init__(self, engine, max_wait_s: float = 0.005, max_rows: int = 32):
@@ -29,6 +31,8 @@ class Batcher:
         self._pending = 0
         self._count_lock = threading.Lock()
         self._engine_lock = threading.RLock()
+        self._idle = threading.Condition()
+        self._in_flight = 0  # batches handed to a continuous engine, not yet answered
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
@@ -52,6 +56,8 @@ class Batcher:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._engine_lock:
+            with self._idle:
+                self._idle.wait_for(lambda: self._in_flight == 0)
             yield
 
     def close(self) -> None:
@@ -82,6 +88,9 @@ class Batcher:
             self._run(jobs)
 
     def _run(self, jobs: list) -> None:
+        if getattr(self.engine, "scheduler", None) is not None:
+            self._run_async(jobs)
+            return
         with self._engine_lock:
             try:
                 results = self.engine.generate([r for requests, _ in jobs for r in requests])
@@ -98,3 +107,37 @@ class Batcher:
         for requests, future in jobs:
             future.set_result(results[start:start + len(requests)])
             start += len(requests)
+
+    def _run_async(self, jobs: list) -> None:
+        """Hand the batch to a continuous engine and return at once: later batches join its
+        running decode. `exclusive()` waits until every handed-over batch is answered."""
+        with self._engine_lock:
+            try:
+                future = self.engine.generate_async([r for requests, _ in jobs for r in requests])
+            except BaseException as exc:  # noqa: BLE001 - a bad request fails alone
+                if len(jobs) > 1:
+                    for job in jobs:
+                        self._run_async([job])
+                else:
+                    jobs[0][1].set_exception(exc)
+                return
+            self.batches += 1
+            self.calls += len(jobs)
+            with self._idle:
+                self._in_flight += 1
+        future.add_done_callback(lambda f: self._answer(jobs, f))
+
+    def _answer(self, jobs: list, future: Future) -> None:
+        try:
+            results = future.result()
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers
+            for _, job_future in jobs:
+                job_future.set_exception(exc)
+        else:
+            start = 0
+            for requests, job_future in jobs:
+                job_future.set_result(results[start:start + len(requests)])
+                start += len(requests)
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import threading
+from concurrent.futures import Future
 from typing import Any, Sequence
 
 import jax
@@ -126,12 +127,9 @@ class JaxEngine:
     # ------------------------------------------------------------------------- protocol
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         """For each request its `n` completions; rows beyond the largest batch run in chunks."""
-        rows = self._rows(requests)
         if self.scheduler is not None:
-            if self.state is None:
-                raise EngineError("the engine's weights are released; call resume_memory_occupation first")
-            seeds = [[r.seed for r in rows if r.request == i] for i in range(len(requests))]
-            return self.scheduler.submit(requests, seeds, self.weight_version).result()
+            return self.generate_async(requests).result()
+        rows = self._rows(requests)
         out: list[list[Completion | None]] = [[None] * r.n for r in requests]
         with self._lock:
             if self.state is None:
@@ -145,6 +143,17 @@ class JaxEngine:
                     comp.weight_version = version
                     out[row.request][row.sample] = comp
         return out  # type: ignore[return-value]
+
+    def generate_async(self, requests: Sequence[GenerateRequest]) -> Future:
+        """Queue requests on the continuous scheduler (bad requests raise here); the future gives
+        what `generate` returns. Concurrent callers share the running decode batch."""
+        if self.scheduler is None:
+            raise EngineError("generate_async needs scheduler='continuous'")
+        rows = self._rows(requests)
+        if self.state is None:
+            raise EngineError("the engine's weights are released; call resume_memory_occupation first")
+        seeds = [[r.seed for r in rows if r.request == i] for i in range(len(requests))]
+        return self.scheduler.submit(requests, seeds, self.weight_version)
 
     def update_weights_from_disk(self, path: str, weight_version: str | None = None) -> str:
         """Load a HF directory with this engine's architecture and swap the weights in place."""

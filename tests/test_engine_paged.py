@@ -93,7 +93,31 @@ def test_long_row_does_not_block_finished_rows(model):
 def test_pool_too_small_is_a_clear_error(model):
     engine = JaxEngine(model, buckets=BUCKETS, block_size=4, kv_pool_tokens=16)
     try:
-        with pytest.raises(ValueError, match="needs 6 KV blocks of 4; the pool has 4"):
+        with pytest.raises(ValueError, match="needs 6 KV blocks of 4; the pool has 3"):
             engine.generate([GenerateRequest([1] * 9, SamplingParams(max_new_tokens=16))])
     finally:
         engine.close()
+
+
+def test_paged_pool_on_a_mesh_shards_kv_heads(tmp_path, model):
+    """A model sharded fsdp 4 x tensor 2: the pool's KV heads are split over `tensor` like k_proj,
+    and the sharded engine's tokens and logprobs equal the unsharded one's."""
+    from ace_jax.checkpoint import hf
+    from sharding.mesh import build_mesh, load_mesh_config
+
+    cfg = load_mesh_config({"base": "fsdp_tp", "mesh": {"fsdp": 4, "tensor": 2}})
+    hf.save(model, str(tmp_path), dtype="float32")
+    sharded = hf.load(str(tmp_path), dtype="float32", mesh=build_mesh(cfg), rules=cfg.rules)
+    ours = JaxEngine(sharded, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256)
+    plain = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256)
+    try:
+        reqs = requests(n=2)[:2]
+        for a, b in zip(ours.generate(reqs), plain.generate(reqs)):
+            for x, y in zip(a, b):
+                assert_same(x, y)
+        pool = ours.scheduler._kv.keys[0]
+        assert pool.sharding.spec[3] == "tensor"
+        assert pool.addressable_shards[0].data.shape[3] == 1  # 2 KV heads over tensor = 2
+    finally:
+        ours.close()
+        plain.close()

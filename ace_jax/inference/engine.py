@@ -32,6 +32,7 @@ from ace_jax.checkpoint import hf
 from ace_jax.inference import sampling
 from ace_jax.inference.buckets import Buckets
 from ace_jax.inference.kv_blocks import blocks_for
+from ace_jax.inference.moe_choice import fastest_backend
 from ace_jax.inference.paged_steps import TRACES as _PAGED_TRACES
 from ace_jax.inference.scheduler import ContinuousScheduler
 from ace_jax.models import Qwen3ForCausalLM
@@ -61,10 +62,12 @@ class JaxEngine:
                  decode_slots: int | None = None, decode_chunk: int = 8):
         """`moe_backend` (default: the model's) runs the prefill; `decode_moe_backend` the decode
         steps (default: `dense` on CPU, where a few tokens per step make it the fastest, measured
-        in bench/decode.py; else the prefill's).
+        in bench/decode.py; else the prefill's; `measure`: the fastest of a timed MoE block at
+        this model's shapes and decode batch, see `moe_choice`).
 
         `scheduler="continuous"` keeps a paged KV pool of `kv_pool_tokens` slots (default: the
-        largest batch x (largest prompt + generation bucket)) in blocks of `block_size`, decodes up
+        largest batch x (largest prompt + generation bucket)) in blocks of `block_size` (one of
+        them the trash block), decodes up
         to `decode_slots` rows (default: the largest batch bucket) in chunks of `decode_chunk`
         steps; `scheduler="static"` is the bucketed whole-batch engine."""
         if scheduler not in ("continuous", "static"):
@@ -75,6 +78,11 @@ class JaxEngine:
             self.config = self.config.replace(moe_backend=moe_backend)
         if decode_moe_backend is None:
             decode_moe_backend = "dense" if jax.default_backend() == "cpu" else self.config.moe_backend
+        if decode_moe_backend == "measure":  # the fastest at this model's shapes, a decode batch
+            decode_moe_backend = "dense"
+            if self.config.is_moe:
+                decode_moe_backend = fastest_backend(self.config, decode_slots or self.buckets.max_batch)[0]
+        self.decode_moe_backend = decode_moe_backend
         # The graph of an abstract model depends only on the config, so engines with the same
         # architecture share compiled functions (the params are an argument, never a constant).
         self.graphdef = _graph(self.config)
@@ -96,7 +104,7 @@ class JaxEngine:
         if scheduler == "continuous":
             tokens = kv_pool_tokens or self.buckets.max_batch * (self.buckets.prompt[-1] + self.buckets.generate[-1])
             self.scheduler = ContinuousScheduler(self, slots=decode_slots or self.buckets.max_batch,
-                                                 block_size=block_size, pool_blocks=blocks_for(tokens, block_size) + 1,
+                                                 block_size=block_size, pool_blocks=max(2, blocks_for(tokens, block_size)),
                                                  chunk_steps=decode_chunk)
 
     @property

@@ -18,9 +18,11 @@ import threading
 from concurrent.futures import Future
 from typing import Any, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ace_jax.inference import paged_steps
 from ace_jax.inference.buckets import pick
@@ -238,7 +240,8 @@ class ContinuousScheduler:
 
     def _decode(self) -> None:
         eng, rows = self.engine, self._running
-        b = pick(len(rows), eng.buckets.batch, "batch size")
+        # Batch buckets below a quarter of the slots would add compiles for short tails only.
+        b = pick(max(len(rows), self.slots // 4), eng.buckets.batch, "batch size")
         m = 1 << (max(len(s.table) for s in rows) - 1).bit_length()
         tok, pos, gen = np.zeros(b, np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32)
         done = np.ones(b, bool)
@@ -322,7 +325,19 @@ class ContinuousScheduler:
         if self._kv is None:
             model = nnx.merge(self.engine.graphdef, self.engine.state)
             self._kv = model.init_paged_cache(self.blocks.blocks, self.block_size)
+            sharding = self._pool_sharding()
+            if sharding is not None:
+                self._kv = jax.device_put(self._kv, sharding)
         return self._kv
+
+    def _pool_sharding(self) -> NamedSharding | None:
+        """On a mesh: the pool's KV heads (and head_dim) sharded as the served k_proj's."""
+        leaf = next(v for p, v in zip(self.engine._paths, jax.tree.leaves(self.engine.state)) if "k_proj" in p)
+        sharding = getattr(leaf, "sharding", None)
+        if not isinstance(sharding, NamedSharding) or sharding.is_fully_replicated:
+            return None
+        spec = tuple(sharding.spec) + (None,) * (4 - len(sharding.spec))  # k_proj [layers, embed, kv_heads, head_dim]
+        return NamedSharding(sharding.mesh, PartitionSpec(None, None, None, spec[2], spec[3]))
 
     def _block_bytes(self) -> int:
         cfg = self.engine.config

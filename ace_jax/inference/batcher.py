@@ -88,13 +88,12 @@ class Batcher:
             self._run(jobs)
 
     def _run(self, jobs: list) -> None:
-        if getattr(self.engine, "scheduler", None) is not None:
-            self._run_async(jobs)
-            return
+        """Start the batch and answer its calls when it is done. A continuous engine returns at
+        once (later batches join its running decode); `exclusive()` waits for every started batch."""
         with self._engine_lock:
             try:
-                results = self.engine.generate([r for requests, _ in jobs for r in requests])
-            except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                future = self._start([r for requests, _ in jobs for r in requests])
+            except BaseException as exc:  # noqa: BLE001 - a bad request fails alone
                 if len(jobs) > 1:
                     for job in jobs:
                         self._run([job])
@@ -103,29 +102,16 @@ class Batcher:
                 return
             self.batches += 1
             self.calls += len(jobs)
-        start = 0
-        for requests, future in jobs:
-            future.set_result(results[start:start + len(requests)])
-            start += len(requests)
-
-    def _run_async(self, jobs: list) -> None:
-        """Hand the batch to a continuous engine and return at once: later batches join its
-        running decode. `exclusive()` waits until every handed-over batch is answered."""
-        with self._engine_lock:
-            try:
-                future = self.engine.generate_async([r for requests, _ in jobs for r in requests])
-            except BaseException as exc:  # noqa: BLE001 - a bad request fails alone
-                if len(jobs) > 1:
-                    for job in jobs:
-                        self._run_async([job])
-                else:
-                    jobs[0][1].set_exception(exc)
-                return
-            self.batches += 1
-            self.calls += len(jobs)
             with self._idle:
                 self._in_flight += 1
         future.add_done_callback(lambda f: self._answer(jobs, f))
+
+    def _start(self, requests: list[GenerateRequest]) -> Future:
+        if getattr(self.engine, "scheduler", None) is not None:
+            return self.engine.generate_async(requests)
+        future: Future = Future()
+        future.set_result(self.engine.generate(requests))
+        return future
 
     def _answer(self, jobs: list, future: Future) -> None:
         try:

@@ -161,7 +161,7 @@ class JaxEngine:
         if self.state is None:
             raise EngineError("the engine's weights are released; call resume_memory_occupation first")
         seeds = [[r.seed for r in rows if r.request == i] for i in range(len(requests))]
-        return self.scheduler.submit(requests, seeds, self.weight_version)
+        return self.scheduler.submit(requests, seeds)
 
     def update_weights_from_disk(self, path: str, weight_version: str | None = None) -> str:
         """Load a HF directory with this engine's architecture and swap the weights in place."""

@@ -36,7 +36,7 @@ class _Job:
 
     results: list[list[Completion | None]]
     remaining: int
-    version: str
+    version: str = ""
     future: Future = dataclasses.field(default_factory=Future)
 
 
@@ -95,9 +95,9 @@ class ContinuousScheduler:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------- callers
-    def submit(self, requests: Sequence[GenerateRequest], seeds: list[list[int]], version: str) -> Future:
+    def submit(self, requests: Sequence[GenerateRequest], seeds: list[list[int]]) -> Future:
         """Queue requests (already validated; `seeds[i][j]` for sample j of request i)."""
-        job = _Job([[None] * r.n for r in requests], sum(r.n for r in requests), version)
+        job = _Job([[None] * r.n for r in requests], sum(r.n for r in requests))
         groups = []
         for i, (req, s) in enumerate(zip(requests, seeds)):
             sp = req.sampling
@@ -182,6 +182,7 @@ class ContinuousScheduler:
                 if self._blocks_needed(group) > self.blocks.free:
                     break
                 self._pending.popleft()
+                group.job.version = self.engine.weight_version  # the weights it runs with (lock held)
                 self._allocate(group)
                 admitted.append(group)
         return admitted

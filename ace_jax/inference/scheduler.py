@@ -177,7 +177,7 @@ class ContinuousScheduler:
         """Take queued groups (FIFO) while the pool holds their reservations and slots wait for rows."""
         admitted = []
         with self._cond:
-            while self._pending and len(self._waiting) + sum(g.request.n for g in admitted) < self.slots:
+            while self._pending and len(self._waiting) < self.slots:  # admitted samples wait there
                 group = self._pending[0]
                 if self._blocks_needed(group) > self.blocks.free:
                     break

@@ -59,13 +59,14 @@ def run_engine(engine: JaxEngine, requests) -> tuple[float, float, int]:
 
 def run_hf(model, prompts: np.ndarray, g: int, new: int, eos: int) -> tuple[float, int]:
     ids = torch.as_tensor(prompts, dtype=torch.long)
-    with torch.no_grad():  # warm-up
-        model.generate(ids[:1, :8], attention_mask=torch.ones_like(ids[:1, :8]), max_new_tokens=2, pad_token_id=0)
+    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                  num_return_sequences=g, eos_token_id=eos, pad_token_id=0)
+    with torch.no_grad():  # warm-up at the same batch and prompt (first calls are several times slower)
+        model.generate(ids, max_new_tokens=min(new, 4), **kwargs)
     torch.manual_seed(0)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0,
-                             top_p=1.0, num_return_sequences=g, max_new_tokens=new, eos_token_id=eos, pad_token_id=0)
+        out = model.generate(ids, max_new_tokens=new, **kwargs)
     seconds = time.perf_counter() - start
     gen = out[:, prompts.shape[1]:].numpy()
     tokens = 0

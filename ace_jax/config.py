@@ -41,6 +41,8 @@ class RolloutSection:
     sglang_urls: tuple[str, ...] = ()   # attach mode; empty = launch
     sglang_python: str = "python"
     sglang_args: tuple[str, ...] = ()
+    scheduler: str = "continuous"       # jax engine: "continuous" (paged KV, forked groups) or "static"
+    kv_pool_tokens: int = 0             # jax engine: paged KV pool size in tokens (0 = batch x max lengths)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +200,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
 def _validate(cfg: ExperimentConfig) -> None:
     if cfg.rollout.engine not in ("jax", "sglang"):
         raise ConfigError(f"config key 'rollout.engine' is {cfg.rollout.engine!r}; allowed: ['jax', 'sglang']")
+    if cfg.rollout.scheduler not in ("continuous", "static") or cfg.rollout.kv_pool_tokens < 0:
+        raise ConfigError(f"config keys 'rollout.scheduler' ({cfg.rollout.scheduler!r}; allowed: ['continuous', "
+                          f"'static']) and 'rollout.kv_pool_tokens' ({cfg.rollout.kv_pool_tokens}, >= 0)")
     if cfg.env.mode not in ("spec", "code"):
         raise ConfigError(f"config key 'env.mode' is {cfg.env.mode!r}; allowed: ['code', 'spec']")
     if cfg.env.executor not in ("local", "ray"):

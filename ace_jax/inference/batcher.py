@@ -6,7 +6,9 @@ call: `pause` waits for the running call (whose answers go out), then no new cal
 `resume`. Calls queued or arriving meanwhile wait in the queue; in mode "abort" the queued ones
 are answered at once as aborted (no tokens, finish reason "abort"), as SGLang aborts the
 requests it is processing. "retract" and "in_place" both keep them queued: they run after
-`resume`, with whatever weights are loaded by then.
+`resume`, with whatever weights are loaded by then. A continuous engine (`engine.scheduler`)
+gets each batch without waiting for the previous one, so concurrent clients share its decode
+slots; `pause` and `exclusive()` then wait for every batch handed to it.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Batcher:
         self._jobs: collections.deque[tuple[list[GenerateRequest], Future]] = collections.deque()
         self._cond = threading.Condition()
         self._paused = self._running = self._closed = False
+        self._in_flight = 0  # batches handed to the engine, not yet answered
         self._engine_lock = threading.RLock()
         self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self._thread.start()
@@ -72,7 +75,7 @@ class Batcher:
             raise ValueError(f"pause mode {mode!r}; allowed: {list(PAUSE_MODES)}")
         with self._cond:
             self._paused = True
-            self._cond.wait_for(lambda: not self._running)
+            self._cond.wait_for(lambda: not self._running and self._in_flight == 0)
             aborted = list(self._jobs) if mode == "abort" else []
             if aborted:
                 self._jobs.clear()
@@ -90,6 +93,8 @@ class Batcher:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         with self._engine_lock:
+            with self._cond:
+                self._cond.wait_for(lambda: self._in_flight == 0)
             yield
 
     def close(self) -> None:
@@ -133,10 +138,12 @@ class Batcher:
                     self._cond.notify_all()
 
     def _run(self, jobs: list) -> None:
+        """Start the batch and answer its calls when it is done. A continuous engine returns at
+        once (later batches join its running decode)."""
         with self._engine_lock:
             try:
-                results = self.engine.generate([r for requests, _ in jobs for r in requests])
-            except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                future = self._start([r for requests, _ in jobs for r in requests])
+            except BaseException as exc:  # noqa: BLE001 - a bad request fails alone
                 if len(jobs) > 1:
                     for job in jobs:
                         self._run([job])
@@ -145,10 +152,31 @@ class Batcher:
                 return
             self.batches += 1
             self.calls += len(jobs)
-        start = 0
-        for requests, future in jobs:
-            future.set_result(results[start:start + len(requests)])
-            start += len(requests)
+            with self._cond:
+                self._in_flight += 1
+        future.add_done_callback(lambda f: self._answer(jobs, f))
+
+    def _start(self, requests: list[GenerateRequest]) -> Future:
+        if getattr(self.engine, "scheduler", None) is not None:
+            return self.engine.generate_async(requests)
+        future: Future = Future()
+        future.set_result(self.engine.generate(requests))
+        return future
+
+    def _answer(self, jobs: list, future: Future) -> None:
+        try:
+            results = future.result()
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers
+            for _, job_future in jobs:
+                job_future.set_exception(exc)
+        else:
+            start = 0
+            for requests, job_future in jobs:
+                job_future.set_result(results[start:start + len(requests)])
+                start += len(requests)
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
 
 
 def _aborted(request: GenerateRequest, weight_version: str | None) -> Completion:

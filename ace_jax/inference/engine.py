@@ -1,4 +1,9 @@
-"""The embedded JAX rollout engine: batched prefill + KV-cache decode under one jit per bucket.
+"""The embedded JAX rollout engine.
+
+Two schedulers. `continuous` (the default, `inference/scheduler.py`): a paged KV pool, a group's
+prompt prefilled once and forked to its n samples, and continuous batching of decode chunks.
+`static` (the engine before it, kept for bench/rollout.py and described below): batched prefill
++ KV-cache decode under one jit per bucket.
 
 Prompts are left-padded to a prompt-length bucket so every row's last prompt token sits at the
 same cache slot; RoPE positions restart at 0 for each row, so padding changes nothing. One
@@ -15,6 +20,7 @@ import dataclasses
 import json
 import os
 import threading
+from concurrent.futures import Future
 from typing import Any, Sequence
 
 import jax
@@ -25,6 +31,10 @@ from flax import nnx
 from ace_jax.checkpoint import hf
 from ace_jax.inference import sampling
 from ace_jax.inference.buckets import Buckets
+from ace_jax.inference.kv_blocks import blocks_for
+from ace_jax.inference.moe_choice import fastest_backend
+from ace_jax.inference.paged_steps import TRACES as _PAGED_TRACES
+from ace_jax.inference.scheduler import ContinuousScheduler
 from ace_jax.models import Qwen3ForCausalLM
 from rollout.engine import Completion, EngineError, GenerateRequest
 
@@ -47,16 +57,32 @@ class JaxEngine:
     def __init__(self, model: Qwen3ForCausalLM, *, buckets: Buckets | None = None,
                  eos_token_ids: Sequence[int] | None = None, weight_version: str = "default",
                  seed: int = 0, max_stop_ids: int = 16, model_path: str | None = None,
-                 moe_backend: str | None = None, decode_moe_backend: str | None = None):
+                 moe_backend: str | None = None, decode_moe_backend: str | None = None,
+                 scheduler: str = "continuous", kv_pool_tokens: int | None = None, block_size: int = 16,
+                 decode_slots: int | None = None, decode_chunk: int = 8):
         """`moe_backend` (default: the model's) runs the prefill; `decode_moe_backend` the decode
         steps (default: `dense` on CPU, where a few tokens per step make it the fastest, measured
-        in bench/decode.py; else the prefill's)."""
+        in bench/decode.py; else the prefill's; `measure`: the fastest of a timed MoE block at
+        this model's shapes and decode batch, see `moe_choice`).
+
+        `scheduler="continuous"` keeps a paged KV pool of `kv_pool_tokens` slots (default: the
+        largest batch x (largest prompt + generation bucket)) in blocks of `block_size` (one of
+        them the trash block), decodes up
+        to `decode_slots` rows (default: the largest batch bucket) in chunks of `decode_chunk`
+        steps; `scheduler="static"` is the bucketed whole-batch engine."""
+        if scheduler not in ("continuous", "static"):
+            raise ValueError(f"scheduler must be 'continuous' or 'static', got {scheduler!r}")
         self.config = model.config
         self.buckets = buckets or Buckets.powers_of_two(max_prompt=min(2048, self.config.max_position_embeddings))
         if moe_backend:
             self.config = self.config.replace(moe_backend=moe_backend)
         if decode_moe_backend is None:
             decode_moe_backend = "dense" if jax.default_backend() == "cpu" else self.config.moe_backend
+        if decode_moe_backend == "measure":  # the fastest at this model's shapes, a decode batch
+            decode_moe_backend = "dense"
+            if self.config.is_moe:
+                decode_moe_backend = fastest_backend(self.config, decode_slots or self.buckets.max_batch)[0]
+        self.decode_moe_backend = decode_moe_backend
         # The graph of an abstract model depends only on the config, so engines with the same
         # architecture share compiled functions (the params are an argument, never a constant).
         self.graphdef = _graph(self.config)
@@ -72,6 +98,14 @@ class JaxEngine:
         self._seeds = np.random.default_rng(seed)
         self._lock = threading.RLock()
         self._host_state = None  # weights offloaded by release_memory_occupation
+        self.scheduler = None
+        self._static_kv_peak = 0
+        self._static_shapes: set[tuple] = set()
+        if scheduler == "continuous":
+            tokens = kv_pool_tokens or self.buckets.max_batch * (self.buckets.prompt[-1] + self.buckets.generate[-1])
+            self.scheduler = ContinuousScheduler(self, slots=decode_slots or self.buckets.max_batch,
+                                                 block_size=block_size, pool_blocks=max(2, blocks_for(tokens, block_size)),
+                                                 chunk_steps=decode_chunk)
 
     @property
     def returns_routed_experts(self) -> bool:
@@ -81,7 +115,19 @@ class JaxEngine:
     @property
     def compile_count(self) -> int:
         """Generate functions traced so far in this process (shared by same-architecture engines)."""
-        return _TRACES[0]
+        return _TRACES[0] + _PAGED_TRACES[0]
+
+    @property
+    def compiled_shapes(self) -> list[tuple]:
+        """The (kind, shape...) keys this engine's calls compiled for (bounded by the buckets)."""
+        return sorted(self.scheduler.shapes if self.scheduler else self._static_shapes, key=str)
+
+    def kv_bytes(self) -> dict[str, int]:
+        """KV cache memory: `reserved` (the paged pool, or the largest static batch cache) and
+        `peak` (bytes held by live rows at the high-water mark; the static cache is all live)."""
+        if self.scheduler is not None:
+            return {"reserved": self.scheduler.pool_bytes, "peak": self.scheduler.peak_bytes}
+        return {"reserved": self._static_kv_peak, "peak": self._static_kv_peak}
 
     @classmethod
     def from_hf(cls, path: str, dtype: str = "float32", **kwargs: Any) -> "JaxEngine":
@@ -94,6 +140,8 @@ class JaxEngine:
     # ------------------------------------------------------------------------- protocol
     def generate(self, requests: Sequence[GenerateRequest]) -> list[list[Completion]]:
         """For each request its `n` completions; rows beyond the largest batch run in chunks."""
+        if self.scheduler is not None:
+            return self.generate_async(requests).result()
         rows = self._rows(requests)
         out: list[list[Completion | None]] = [[None] * r.n for r in requests]
         with self._lock:
@@ -108,6 +156,17 @@ class JaxEngine:
                     comp.weight_version = version
                     out[row.request][row.sample] = comp
         return out  # type: ignore[return-value]
+
+    def generate_async(self, requests: Sequence[GenerateRequest]) -> Future:
+        """Queue requests on the continuous scheduler (bad requests raise here); the future gives
+        what `generate` returns. Concurrent callers share the running decode batch."""
+        if self.scheduler is None:
+            raise EngineError("generate_async needs scheduler='continuous'")
+        rows = self._rows(requests)
+        if self.state is None:
+            raise EngineError("the engine's weights are released; call resume_memory_occupation first")
+        seeds = [[r.seed for r in rows if r.request == i] for i in range(len(requests))]
+        return self.scheduler.submit(requests, seeds)
 
     def update_weights_from_disk(self, path: str, weight_version: str | None = None) -> str:
         """Load a HF directory with this engine's architecture and swap the weights in place."""
@@ -156,13 +215,16 @@ class JaxEngine:
         return self.state is not None
 
     def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
         with self._lock:
             self.state = None
             self._host_state = None
 
     # ------------------------------------------------------------------------- memory
     def release_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
-        """Move the weights to host memory (tag 'weights'); the KV cache lives only inside a call."""
+        """Move the weights to host memory (tag 'weights'); free the paged KV pool (tag 'kv_cache',
+        allocated again on the next call; the static engine's cache lives only inside a call)."""
         tags = list(tags or ("weights", "kv_cache"))
         bad = sorted(set(tags) - {"weights", "kv_cache"})
         if bad:
@@ -171,6 +233,8 @@ class JaxEngine:
             if "weights" in tags and self.state is not None:
                 self._host_state = jax.device_get(self.state)
                 self.state = None
+            if "kv_cache" in tags and self.scheduler is not None:
+                self.scheduler.drop_pool()
 
     def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
         tags = list(tags or ("weights", "kv_cache"))
@@ -207,6 +271,10 @@ class JaxEngine:
         b, p, g = self.buckets.shape_for(len(chunk), max(len(r.ids) for r in chunk),
                                           max(q.sampling.max_new_tokens for q in reqs))
         routed = any(q.return_routed_experts for q in reqs)
+        self._static_shapes.add(("generate", b, p, g, routed))
+        cfg = self.config
+        self._static_kv_peak = max(self._static_kv_peak, 2 * cfg.num_hidden_layers * b * (p + g) * cfg.num_key_value_heads
+                                   * cfg.head_dim * jnp.dtype(cfg.compute_dtype).itemsize)
         ids = np.zeros((b, p), np.int32)
         pad = np.full(b, p - 1, np.int32)
         max_new = np.ones(b, np.int32)

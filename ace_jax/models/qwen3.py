@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ace_jax.models import paged
 from ace_jax.models.config import Qwen3Config
 from ace_jax.models.constraints import constrain
 from ace_jax.models.layers import (apply_rope, attend, build_attention_mask, param, rms_norm,
@@ -97,7 +98,14 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
                   ("batch", "seq", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
     new_kv = None
-    if cache_kv is not None:
+    if cache_kv is not None and "read_index" in ctx:  # paged: a block pool [blocks, block, K, D]
+        pool_axes = (None, None, "kv_heads", "head_dim")
+        k_pool = constrain(paged.write(cache_kv[0], ctx["write_index"], k), pool_axes)
+        v_pool = constrain(paged.write(cache_kv[1], ctx["write_index"], v), pool_axes)
+        new_kv = (k_pool, v_pool)
+        k = paged.read(k_pool, ctx["read_index"]).astype(cdt)
+        v = paged.read(v_pool, ctx["read_index"]).astype(cdt)
+    elif cache_kv is not None:
         slots = ctx["cache_slots"]
         write = jax.vmap(lambda c, s, u: c.at[s].set(u.astype(c.dtype)))
         k_all, v_all = write(cache_kv[0], slots, k), write(cache_kv[1], slots, v)
@@ -164,15 +172,23 @@ class Qwen3ForCausalLM(nnx.Module):
 
     def init_cache(self, batch: int, length: int, dtype: str | None = None) -> KVCache:
         """Zeroed KV cache with `length` slots per sequence."""
+        return self._zero_kv((batch, length), dtype)
+
+    def init_paged_cache(self, blocks: int, block_size: int, dtype: str | None = None) -> KVCache:
+        """Zeroed paged pool: per run [layers, blocks, block_size, kv_heads, head_dim] (block 0 is trash)."""
+        return self._zero_kv((blocks, block_size), dtype)
+
+    def _zero_kv(self, middle: tuple[int, int], dtype: str | None) -> KVCache:
         cfg = self.config
         dt = _dtype(dtype or cfg.compute_dtype)
-        shapes = [(run.count, batch, length, cfg.num_key_value_heads, cfg.head_dim) for run in self.runs]
+        shapes = [(run.count, *middle, cfg.num_key_value_heads, cfg.head_dim) for run in self.runs]
         return KVCache(tuple(jnp.zeros(s, dt) for s in shapes), tuple(jnp.zeros(s, dt) for s in shapes))
 
     def forward(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None, *,
                 cache: KVCache | None = None, cache_slots: jax.Array | None = None,
-                routed_experts: jax.Array | None = None, compute_logits: bool = True) -> ModelOutput:
+                routed_experts: jax.Array | None = None, compute_logits: bool = True,
+                block_tables: jax.Array | None = None, token_valid: jax.Array | None = None) -> ModelOutput:
         """Full forward.
 
         Without a cache, `attention_mask` [B, T] marks valid tokens and causality is by index.
@@ -180,6 +196,10 @@ class Qwen3ForCausalLM(nnx.Module):
         (default: `positions`), `attention_mask` [B, S] marks the valid slots after the write,
         and a key slot is visible to a query when slot_k <= slot_q.
         `routed_experts` [B, T, moe_layers, k] forces the routing (routing replay).
+        With `block_tables` [B, M] the cache is a paged pool (`init_paged_cache`): row b's logical
+        slots are M * block_size, read and written through its table (see `models.paged`);
+        `token_valid` [B, T] sends padding tokens' writes to the trash block, and keys are masked
+        by causality alone (every slot at or before a query's was written by that row).
         """
         cfg = self.config
         cdt = _dtype(cfg.compute_dtype)
@@ -194,11 +214,17 @@ class Qwen3ForCausalLM(nnx.Module):
         else:
             slots = positions if cache_slots is None else cache_slots
             s = cache.keys[0].shape[2]
+            if block_tables is not None:
+                s = block_tables.shape[1] * cache.keys[0].shape[2]
             key_index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
             mask = build_attention_mask(slots, key_index, attention_mask)
             token_mask = None
         ctx = dict(cos=cos, sin=sin, mask=mask, token_mask=token_mask,
                    cache_slots=None if cache is None else slots)
+        if cache is not None and block_tables is not None:
+            block = cache.keys[0].shape[2]
+            ctx.update(write_index=paged.write_index(block_tables, slots, token_valid, block),
+                       read_index=paged.read_index(block_tables, block))
         x = constrain(self.embed[...].astype(cdt)[input_ids], ("batch", "seq", "embed"))
         new_keys, new_values, all_ids, loads, auxes = [], [], [], [], []
         moe_seen = 0

@@ -165,7 +165,8 @@ class Trainer:
             from ace_jax.inference.engine import JaxEngine
             rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step * self.cfg.rollout.oversample
             return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed,
-                             buckets=engine_buckets(self.cfg, rows))
+                             buckets=engine_buckets(self.cfg, rows), scheduler=self.cfg.rollout.scheduler,
+                             kv_pool_tokens=self.cfg.rollout.kv_pool_tokens or None)
         from ace_jax.checkpoint import hf
         from rollout.sglang import SGLangEngine
         # SGLang loads weights from disk: the initial policy is exported once; every update

@@ -1,0 +1,67 @@
+"""The compiled device steps of the continuous-batching engine, all on a paged KV pool.
+
+- `prefill`: prompts [B, P] (right-padded) written into their pool blocks; no logits.
+- `copy_blocks`: copy-on-write of forked groups' partial prompt blocks.
+- `decode_chunk`: `steps` decode steps for up to B rows; each feeds its last token at its
+  position, samples the next one (PRNG key of row seed s and step t: fold_in(fold_in(key(s), 0), t),
+  as the static engine) and stops on a stop token or its max_new_tokens.
+
+The pool is donated to each step (updated in place). Shapes come from small bucket sets, so the
+number of compiled functions stays bounded (`TRACES` counts traces).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ace_jax.inference import sampling
+
+TRACES = [0]
+
+
+def _prefill(state, pool, ids, lengths, tables, *, graphdef, routed: bool):
+    TRACES[0] += 1  # runs only while tracing
+    model = nnx.merge(graphdef, state)
+    b, p = ids.shape
+    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    out = model.forward(ids, None, positions, cache=pool, cache_slots=positions, block_tables=tables,
+                        token_valid=positions < lengths[:, None], compute_logits=False)
+    return out.cache, (out.router.expert_ids if routed else None)
+
+
+def _copy_blocks(pool, src, dst):
+    TRACES[0] += 1
+    return type(pool)(tuple(k.at[:, dst].set(k[:, src]) for k in pool.keys),
+                      tuple(v.at[:, dst].set(v[:, src]) for v in pool.values))
+
+
+def _decode_chunk(state, pool, tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
+                  *, graphdef, steps: int, routed: bool):
+    TRACES[0] += 1
+    model = nnx.merge(graphdef, state)
+    base = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(seeds)
+
+    def body(carry, _):
+        pool, tok, pos, gen, done = carry
+        active = ~done
+        out = model.forward(tok[:, None], None, pos[:, None], cache=pool, cache_slots=pos[:, None],
+                            block_tables=tables, token_valid=active[:, None])
+        keys = jax.vmap(jax.random.fold_in)(base, gen)
+        new, lp = sampling.sample(out.logits[:, 0], keys, temp, top_k, top_p, min_p)
+        gen = gen + active
+        hit = active & jnp.any(stop == new[:, None], axis=-1)
+        ended = active & ~hit & (gen >= max_new)
+        ys = (jnp.where(active, new, 0), lp, active, hit)
+        if routed:
+            ys += (out.router.expert_ids[:, 0],)
+        return (out.cache, jnp.where(active, new, tok), pos + active, gen, done | hit | ended), ys
+
+    (pool, *_), ys = jax.lax.scan(body, (pool, tok, pos, gen, done), None, length=steps)
+    return pool, ys
+
+
+prefill = jax.jit(_prefill, static_argnames=("graphdef", "routed"), donate_argnames=("pool",))
+copy_blocks = jax.jit(_copy_blocks, donate_argnames=("pool",))
+decode_chunk = jax.jit(_decode_chunk, static_argnames=("graphdef", "steps", "routed"), donate_argnames=("pool",))

@@ -1,0 +1,350 @@
+"""Continuous batching on a paged KV pool: one worker thread serves every caller of an engine.
+
+A request with n samples is a group: its prompt (all but the last token) is prefilled once into
+pool blocks that its n samples reference; a partial last prompt block is copied per sample
+(copy-on-write). A group is admitted when the pool can hold its whole reservation (prompt +
+n x generation blocks), so a running row never waits for memory. Up to `slots` samples decode
+together in compiled chunks of `chunk_steps` steps; between chunks finished rows leave, their
+blocks return to the pool, and waiting rows take their slots. Shapes come from bucket sets
+(batch from the engine's batch buckets, block-table width a power of two), never from the
+queue, so admitting rows never recompiles.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import threading
+from concurrent.futures import Future
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ace_jax.inference import paged_steps
+from ace_jax.inference.buckets import pick
+from ace_jax.inference.kv_blocks import BlockPool, blocks_for
+from rollout.engine import Completion, GenerateRequest
+
+
+@dataclasses.dataclass
+class _Job:
+    """One `generate` call: its completions, filled as samples finish."""
+
+    results: list[list[Completion | None]]
+    remaining: int
+    version: str = ""
+    future: Future = dataclasses.field(default_factory=Future)
+
+
+@dataclasses.dataclass
+class _Group:
+    """One request: its prompt blocks (shared by its samples) and its samples."""
+
+    job: _Job
+    index: int
+    request: GenerateRequest
+    stops: tuple[int, ...]
+    seeds: list[int]
+    shared: list[int] = dataclasses.field(default_factory=list)
+    prompt_experts: np.ndarray | None = None
+    samples: list["_Sample"] = dataclasses.field(default_factory=list)
+
+    @property
+    def prefix(self) -> int:
+        """Prompt tokens prefilled (all but the last, which the first decode step feeds)."""
+        return len(self.request.input_ids) - 1
+
+
+@dataclasses.dataclass
+class _Sample:
+    group: _Group
+    index: int
+    private: list[int]
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    experts: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+    @property
+    def table(self) -> list[int]:
+        return self.group.shared + self.private
+
+
+class ContinuousScheduler:
+    """Admits, prefills, forks and decodes the rows of all callers of `engine` (a JaxEngine)."""
+
+    def __init__(self, engine: Any, *, slots: int, block_size: int, pool_blocks: int, chunk_steps: int):
+        if slots > engine.buckets.max_batch:
+            raise ValueError(f"decode slots {slots} exceed the largest batch bucket {engine.buckets.max_batch}")
+        self.engine = engine
+        self.slots = slots
+        self.block_size = block_size
+        self.chunk_steps = chunk_steps
+        self.blocks = BlockPool(pool_blocks)
+        self.shapes: set[tuple] = set()  # compiled (kind, shape...) keys seen
+        self.decode_chunks = 0
+        self._kv = None
+        self._pending: collections.deque[_Group] = collections.deque()
+        self._waiting: collections.deque[_Sample] = collections.deque()
+        self._running: list[_Sample] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------- callers
+    def submit(self, requests: Sequence[GenerateRequest], seeds: list[list[int]]) -> Future:
+        """Queue requests (already validated; `seeds[i][j]` for sample j of request i)."""
+        job = _Job([[None] * r.n for r in requests], sum(r.n for r in requests))
+        groups = []
+        for i, (req, s) in enumerate(zip(requests, seeds)):
+            sp = req.sampling
+            stops = tuple(sorted(set(sp.stop_token_ids) | (set() if sp.ignore_eos else set(self.engine.eos_token_ids))))
+            group = _Group(job, i, req, stops, s)
+            need = self._blocks_needed(group)
+            if need > self.blocks.blocks - 1:
+                raise ValueError(f"request {i}: prompt {len(req.input_ids)} + max_new_tokens {sp.max_new_tokens} "
+                                 f"x n={req.n} needs {need} KV blocks of {self.block_size}; the pool has "
+                                 f"{self.blocks.blocks - 1} (raise kv_pool_tokens)")
+            groups.append(group)
+        if not groups:
+            job.future.set_result([])
+            return job.future
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine's scheduler is closed")
+            self._pending.extend(groups)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="jax-engine-scheduler", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return job.future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def drop_pool(self) -> None:
+        """Free the device pool (call with the engine lock held, so no chunk runs)."""
+        self._kv = None
+
+    @property
+    def pool_bytes(self) -> int:
+        """Bytes of the device KV pool (allocated on first use)."""
+        return self.blocks.blocks * self._block_bytes()
+
+    @property
+    def peak_bytes(self) -> int:
+        """High-water mark of the KV bytes held by live rows."""
+        return self.blocks.peak_used * self._block_bytes()
+
+    # ------------------------------------------------------------------------- worker
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            with self.engine._lock:
+                try:
+                    while self._pending or self._waiting or self._running:
+                        self._tick()
+                except BaseException as exc:  # noqa: BLE001 - handed to the callers
+                    self._fail_all(exc)
+
+    def _tick(self) -> None:
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
+            self._fork(admitted)
+        while self._waiting and len(self._running) < self.slots:
+            self._running.append(self._waiting.popleft())
+        if self._running:
+            self._decode()
+
+    def _blocks_needed(self, group: _Group) -> int:
+        full = group.prefix // self.block_size
+        total = blocks_for(group.prefix + group.request.sampling.max_new_tokens, self.block_size)
+        return full + group.request.n * (total - full)
+
+    def _admit(self) -> list[_Group]:
+        """Take queued groups (FIFO) while the pool holds their reservations and slots wait for rows."""
+        admitted = []
+        with self._cond:
+            while self._pending and len(self._waiting) < self.slots:  # admitted samples wait there
+                group = self._pending[0]
+                if self._blocks_needed(group) > self.blocks.free:
+                    break
+                self._pending.popleft()
+                group.job.version = self.engine.weight_version  # the weights it runs with (lock held)
+                self._allocate(group)
+                admitted.append(group)
+        return admitted
+
+    def _allocate(self, group: _Group) -> None:
+        bs, n = self.block_size, group.request.n
+        full = group.prefix // bs
+        total = blocks_for(group.prefix + group.request.sampling.max_new_tokens, bs)
+        group.shared = self.blocks.allocate(full)
+        self.blocks.share(group.shared, n - 1)  # one reference per sample
+        group.samples = [_Sample(group, j, self.blocks.allocate(total - full)) for j in range(n)]
+        self._waiting.extend(group.samples)
+
+    def _prefill(self, groups: list[_Group]) -> None:
+        """Write each group's prompt prefix once into its blocks (sample 0's table)."""
+        eng, bs = self.engine, self.block_size
+        todo = [g for g in groups if g.prefix > 0]
+        for g in groups:
+            if g.prefix == 0:
+                g.prompt_experts = self._no_experts()
+        by_len: dict[int, list[_Group]] = collections.defaultdict(list)
+        for g in todo:
+            by_len[-(-pick(g.prefix, eng.buckets.prompt, "prompt length") // bs) * bs].append(g)
+        for p, gs in sorted(by_len.items()):
+            for start in range(0, len(gs), eng.buckets.max_batch):
+                chunk = gs[start:start + eng.buckets.max_batch]
+                b = pick(len(chunk), eng.buckets.batch, "batch size")
+                ids = np.zeros((b, p), np.int32)
+                lengths = np.zeros(b, np.int32)
+                tables = np.zeros((b, p // bs), np.int32)
+                for i, g in enumerate(chunk):
+                    ids[i, :g.prefix] = g.request.input_ids[:-1]
+                    lengths[i] = g.prefix
+                    table = g.samples[0].table[:blocks_for(g.prefix, bs)]
+                    tables[i, :len(table)] = table
+                routed = any(g.request.return_routed_experts for g in chunk)
+                self.shapes.add(("prefill", b, p, routed))
+                self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables,
+                                                        graphdef=eng.graphdef, routed=routed)
+                if routed:
+                    experts = np.asarray(experts)
+                    for i, g in enumerate(chunk):
+                        g.prompt_experts = experts[i, :g.prefix]
+
+    def _fork(self, groups: list[_Group]) -> None:
+        """Copy-on-write: each sample beyond the first gets its own copy of the partial prompt block."""
+        pairs = [(g.samples[0].private[0], s.private[0]) for g in groups if g.prefix % self.block_size
+                 for s in g.samples[1:]]
+        if not pairs:
+            return
+        width = 1 << (len(pairs) - 1).bit_length()
+        src, dst = np.zeros(width, np.int32), np.zeros(width, np.int32)
+        src[:len(pairs)], dst[:len(pairs)] = zip(*pairs)
+        self.shapes.add(("copy", width))
+        self._kv = paged_steps.copy_blocks(self._pool(), src, dst)
+
+    def _decode(self) -> None:
+        eng, rows = self.engine, self._running
+        # Batch buckets below a quarter of the slots would add compiles for short tails only.
+        b = pick(max(len(rows), self.slots // 4), eng.buckets.batch, "batch size")
+        m = 1 << (max(len(s.table) for s in rows) - 1).bit_length()
+        tok, pos, gen = np.zeros(b, np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32)
+        done = np.ones(b, bool)
+        max_new = np.ones(b, np.int32)
+        stop = np.full((b, eng.max_stop_ids), -1, np.int32)
+        temp, top_p, min_p = np.zeros(b, np.float32), np.ones(b, np.float32), np.zeros(b, np.float32)
+        top_k = np.full(b, -1, np.int32)
+        seeds = np.zeros(b, np.uint32)
+        tables = np.zeros((b, m), np.int32)
+        for i, s in enumerate(rows):
+            g, sp = s.group, s.group.request.sampling
+            tok[i] = s.tokens[-1] if s.tokens else g.request.input_ids[-1]
+            gen[i] = len(s.tokens)
+            pos[i] = g.prefix + gen[i]
+            done[i] = False
+            max_new[i] = sp.max_new_tokens
+            stop[i, :len(g.stops)] = g.stops
+            temp[i], top_p[i], top_k[i], min_p[i] = sp.temperature, sp.top_p, sp.top_k, sp.min_p
+            seeds[i] = g.seeds[s.index]
+            tables[i, :len(s.table)] = s.table
+        routed = any(s.group.request.return_routed_experts for s in rows)
+        self.shapes.add(("decode", b, m, self.chunk_steps, routed))
+        self._kv, ys = paged_steps.decode_chunk(
+            eng.state, self._pool(), tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
+            graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
+        self.decode_chunks += 1
+        toks, lps, active, hit = (np.asarray(y) for y in ys[:4])
+        experts = np.asarray(ys[4]) if routed else None
+        still = []
+        for i, s in enumerate(rows):
+            reason = None
+            for t in range(self.chunk_steps):
+                if not active[t, i]:
+                    break
+                s.tokens.append(int(toks[t, i]))
+                s.logprobs.append(float(lps[t, i]))
+                if experts is not None and s.group.request.return_routed_experts:
+                    s.experts.append(experts[t, i])
+                if hit[t, i]:
+                    reason = "stop"
+                elif len(s.tokens) >= s.group.request.sampling.max_new_tokens:
+                    reason = "length"
+                if reason:
+                    break
+            if reason:
+                self._finish(s, reason)
+            else:
+                still.append(s)
+        self._running = still
+
+    def _finish(self, s: _Sample, reason: str) -> None:
+        g = s.group
+        self.blocks.release(s.private)
+        self.blocks.release(g.shared)
+        experts = None
+        if g.request.return_routed_experts:
+            experts = np.concatenate([g.prompt_experts, np.stack(s.experts)]).astype(np.int32)
+        g.job.results[g.index][s.index] = Completion(
+            token_ids=s.tokens, logprobs=s.logprobs if g.request.return_logprob else None, finish_reason=reason,
+            prompt_tokens=len(g.request.input_ids), routed_experts=experts, weight_version=g.job.version,
+            matched_stop=s.tokens[-1] if reason == "stop" else None)
+        g.job.remaining -= 1
+        if g.job.remaining == 0:
+            g.job.future.set_result(g.job.results)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            jobs = {id(g.job): g.job for g in self._pending}
+            jobs.update({id(s.group.job): s.group.job for s in [*self._waiting, *self._running]})
+            self._pending.clear()
+        self._waiting.clear()
+        self._running = []
+        self._kv = None
+        self.blocks = BlockPool(self.blocks.blocks)
+        for job in jobs.values():
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    # ------------------------------------------------------------------------- device pool
+    def _pool(self):
+        if self._kv is None:
+            model = nnx.merge(self.engine.graphdef, self.engine.state)
+            self._kv = model.init_paged_cache(self.blocks.blocks, self.block_size)
+            sharding = self._pool_sharding()
+            if sharding is not None:
+                self._kv = jax.device_put(self._kv, sharding)
+        return self._kv
+
+    def _pool_sharding(self) -> NamedSharding | None:
+        """On a mesh: the pool's KV heads (and head_dim) sharded as the served k_proj's."""
+        leaf = next(v for p, v in zip(self.engine._paths, jax.tree.leaves(self.engine.state)) if "k_proj" in p)
+        sharding = getattr(leaf, "sharding", None)
+        if not isinstance(sharding, NamedSharding) or sharding.is_fully_replicated:
+            return None
+        spec = tuple(sharding.spec) + (None,) * (4 - len(sharding.spec))  # k_proj [layers, embed, kv_heads, head_dim]
+        return NamedSharding(sharding.mesh, PartitionSpec(None, None, None, spec[2], spec[3]))
+
+    def _block_bytes(self) -> int:
+        cfg = self.engine.config
+        itemsize = jnp.dtype(cfg.compute_dtype).itemsize
+        return 2 * cfg.num_hidden_layers * self.block_size * cfg.num_key_value_heads * cfg.head_dim * itemsize
+
+    def _no_experts(self) -> np.ndarray:
+        cfg = self.engine.config
+        return np.zeros((0, cfg.num_moe_layers, cfg.num_experts_per_tok), np.int32)

@@ -1,0 +1,50 @@
+"""Paged KV cache addressing: fixed-size blocks in a pool, read and written through block tables.
+
+A pool holds, per run of layers, keys and values of shape [layers, blocks, block_size, kv_heads,
+head_dim]. A row's block table [M] lists the pool blocks that hold its logical slots 0 .. M *
+block_size - 1 in order (slot s lives in block table[s // block_size] at offset s % block_size).
+Block 0 is the trash block: unused table entries and the writes of padding tokens land there and
+are never read unmasked. This is the pure-JAX reference path (a gather); it runs on every backend.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+TRASH_BLOCK = 0
+
+
+def flat_index(block_tables: jax.Array, slots: jax.Array, block_size: int) -> jax.Array:
+    """Pool row (block * block_size + offset) of logical `slots` [B, T] through tables [B, M]."""
+    blocks = jnp.take_along_axis(block_tables, slots // block_size, axis=1)
+    return blocks * block_size + slots % block_size
+
+
+def write_index(block_tables: jax.Array, slots: jax.Array, valid: jax.Array | None,
+                block_size: int) -> jax.Array:
+    """Where tokens at `slots` [B, T] are written; invalid tokens (padding) go to the trash block."""
+    index = flat_index(block_tables, jnp.clip(slots, 0, block_tables.shape[1] * block_size - 1), block_size)
+    if valid is None:
+        return index
+    return jnp.where(valid, index, TRASH_BLOCK * block_size + slots % block_size)
+
+
+def read_index(block_tables: jax.Array, block_size: int) -> jax.Array:
+    """Pool rows of every logical slot of each row: [B, M * block_size]."""
+    b, m = block_tables.shape
+    slots = jnp.broadcast_to(jnp.arange(m * block_size, dtype=jnp.int32), (b, m * block_size))
+    return flat_index(block_tables, slots, block_size)
+
+
+def write(pool: jax.Array, index: jax.Array, new: jax.Array) -> jax.Array:
+    """Scatter new [B, T, K, D] into one layer's pool [blocks, block_size, K, D] at flat `index` [B, T]."""
+    nb, bs, k, d = pool.shape
+    flat = pool.reshape(nb * bs, k, d).at[index.reshape(-1)].set(new.reshape(-1, k, d).astype(pool.dtype))
+    return flat.reshape(nb, bs, k, d)
+
+
+def read(pool: jax.Array, index: jax.Array) -> jax.Array:
+    """Gather one layer's keys or values [B, S, K, D] at flat pool rows `index` [B, S]."""
+    nb, bs, k, d = pool.shape
+    return pool.reshape(nb * bs, k, d)[index]

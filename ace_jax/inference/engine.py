@@ -288,7 +288,7 @@ class JaxEngine:
             ids[i, p - n:] = row.ids
             pad[i] = p - n
             max_new[i] = sp.max_new_tokens
-            stops = sorted(set(sp.stop_token_ids) | (set() if sp.ignore_eos else set(self.eos_token_ids)))
+            stops = sampling.stop_ids(sp, self.eos_token_ids)
             stop[i, :len(stops)] = stops
             temp[i], top_p[i], top_k[i], min_p[i] = sp.temperature, sp.top_p, sp.top_k, sp.min_p
             seeds[i] = row.seed

@@ -17,6 +17,13 @@ import jax.numpy as jnp
 GREEDY_EPS = 1e-6
 
 
+def stop_ids(params, eos_token_ids) -> tuple[int, ...]:
+    """The token ids that end a sample of `params` (SamplingParams): its own stop ids, plus the
+    model's EOS ids unless `ignore_eos`."""
+    eos = () if params.ignore_eos else eos_token_ids
+    return tuple(sorted(set(params.stop_token_ids) | set(eos)))
+
+
 def scaled_logprobs(logits: jax.Array, temperature: jax.Array) -> jax.Array:
     """log_softmax(logits / T) per row (T = 1 for greedy rows); logits [B, V], temperature [B]."""
     t = jnp.where(temperature < GREEDY_EPS, 1.0, temperature).astype(jnp.float32)

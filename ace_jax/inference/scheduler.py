@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ace_jax.inference import paged_steps
 from ace_jax.inference.buckets import pick
 from ace_jax.inference.kv_blocks import BlockPool, blocks_for
+from ace_jax.inference.sampling import stop_ids
 from rollout.engine import Completion, GenerateRequest
 
 
@@ -101,7 +102,7 @@ class ContinuousScheduler:
         groups = []
         for i, (req, s) in enumerate(zip(requests, seeds)):
             sp = req.sampling
-            stops = tuple(sorted(set(sp.stop_token_ids) | (set() if sp.ignore_eos else set(self.engine.eos_token_ids))))
+            stops = stop_ids(sp, self.engine.eos_token_ids)
             group = _Group(job, i, req, stops, s)
             need = self._blocks_needed(group)
             if need > self.blocks.blocks - 1:
@@ -168,9 +169,13 @@ class ContinuousScheduler:
         if self._running:
             self._decode()
 
-    def _blocks_needed(self, group: _Group) -> int:
+    def _layout(self, group: _Group) -> tuple[int, int]:
+        """(full prompt blocks shared by the samples, blocks of one sample's whole table)."""
         full = group.prefix // self.block_size
-        total = blocks_for(group.prefix + group.request.sampling.max_new_tokens, self.block_size)
+        return full, blocks_for(group.prefix + group.request.sampling.max_new_tokens, self.block_size)
+
+    def _blocks_needed(self, group: _Group) -> int:
+        full, total = self._layout(group)
         return full + group.request.n * (total - full)
 
     def _admit(self) -> list[_Group]:
@@ -188,9 +193,8 @@ class ContinuousScheduler:
         return admitted
 
     def _allocate(self, group: _Group) -> None:
-        bs, n = self.block_size, group.request.n
-        full = group.prefix // bs
-        total = blocks_for(group.prefix + group.request.sampling.max_new_tokens, bs)
+        n = group.request.n
+        full, total = self._layout(group)
         group.shared = self.blocks.allocate(full)
         self.blocks.share(group.shared, n - 1)  # one reference per sample
         group.samples = [_Sample(group, j, self.blocks.allocate(total - full)) for j in range(n)]

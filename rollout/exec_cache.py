@@ -98,7 +98,7 @@ class ExecutionStore:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
@@ -164,3 +164,17 @@ class CachingSandbox(Sandbox):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _set_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """WAL mode, which persists in the file. Switching takes an exclusive lock, and sqlite does not
+    wait on its busy timeout for it: when several processes open a new store at once, retry."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

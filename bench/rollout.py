@@ -51,6 +51,8 @@ def run_engine(engine: JaxEngine, requests) -> tuple[float, float, int]:
     start = time.perf_counter()
     engine.generate(requests)
     compile_s = time.perf_counter() - start
+    if engine.scheduler is not None:
+        engine.scheduler.profile.clear()  # the timed run's phases only
     start = time.perf_counter()
     out = engine.generate(requests)
     seconds = time.perf_counter() - start
@@ -76,7 +78,17 @@ def run_hf(model, prompts: np.ndarray, g: int, new: int, eos: int) -> tuple[floa
     return seconds, tokens
 
 
-def bench(name: str, shape: str, dims: tuple[int, int, int, int], pool_fraction: float) -> list[dict]:
+def phases(engine: JaxEngine) -> str:
+    """The continuous scheduler's wall seconds per phase and its decode batches' fill (live rows / slots)."""
+    if engine.scheduler is None:
+        return "-"
+    p = engine.scheduler.profile
+    return (f"prefill {p['prefill']:.1f}s decode {p['decode']:.1f}s host {p['host']:.1f}s "
+            f"fill {p['row_steps'] / max(p['batch_steps'], 1):.2f}")
+
+
+def bench(name: str, shape: str, dims: tuple[int, int, int, int], pool_fraction: float,
+          per_row: bool = False) -> list[dict]:
     n_prompts, plen, g, new = dims
     cfg = get_config(name)
     hf_model = random_hf_model(cfg, seed=0)
@@ -95,17 +107,20 @@ def bench(name: str, shape: str, dims: tuple[int, int, int, int], pool_fraction:
         engines = {"static": JaxEngine.from_hf(tmp, buckets=buckets, scheduler="static"),
                    "continuous": JaxEngine.from_hf(tmp, buckets=buckets, kv_pool_tokens=pool,
                                                    decode_moe_backend="measure")}
+        if per_row:  # same-process A/B: the continuous engine reading every row's whole table
+            engines["per-row"] = JaxEngine.from_hf(tmp, buckets=buckets, kv_pool_tokens=pool,
+                                                   decode_moe_backend="measure", shared_prefix="never")
     for label, engine in engines.items():
         compile_s, seconds, tokens = run_engine(engine, requests)
         kv = engine.kv_bytes()
         out.append(dict(model=name, shape=shape, engine=label, backend=engine.decode_moe_backend, compile_s=compile_s,
                         seconds=seconds, tokens=tokens, kv=kv["reserved"], kv_peak=kv["peak"],
-                        shapes=len(engine.compiled_shapes)))
+                        shapes=len(engine.compiled_shapes), phases=phases(engine)))
         engine.close()
     seconds, tokens = run_hf(hf_model, prompts, g, new, cfg.eos_token_id)
     hf_kv = rows * (plen + new) * kv_token_bytes(cfg)
     out.append(dict(model=name, shape=shape, engine="hf-generate", backend="-", compile_s=0.0, seconds=seconds,
-                    tokens=tokens, kv=hf_kv, kv_peak=hf_kv, shapes=0))
+                    tokens=tokens, kv=hf_kv, kv_peak=hf_kv, shapes=0, phases="-"))
     return out
 
 
@@ -116,6 +131,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smaller code shape (4 x 256 tokens, 64 new)")
     parser.add_argument("--pool-fraction", type=float, default=0.25,
                         help="continuous engine's KV pool as a fraction of the static engine's cache")
+    parser.add_argument("--per-row", action="store_true",
+                        help="also run the continuous engine without shared-prefix reads (shared_prefix='never')")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
     table = QUICK if args.quick else SHAPES
@@ -126,13 +143,13 @@ def main() -> int:
     ratio = None
     for name in args.models.split(","):
         for shape in args.shapes.split(","):
-            rows = bench(name, shape, table[shape], args.pool_fraction)
+            rows = bench(name, shape, table[shape], args.pool_fraction, args.per_row)
             static_tps = rows[0]["tokens"] / rows[0]["seconds"]
             for r in rows:
                 tps = r["tokens"] / r["seconds"]
                 print(f"{r['model']:<10} {r['shape']:<5} {r['engine']:<11} {r['backend']:<10} {r['compile_s']:>9.1f} "
                       f"{r['seconds']:>7.2f} {r['tokens']:>6} {tps:>8.1f} {r['kv'] / MIB:>8.1f} "
-                      f"{r['kv_peak'] / MIB:>11.1f} {r['shapes']:>6} {tps / static_tps:>9.2f}", flush=True)
+                      f"{r['kv_peak'] / MIB:>11.1f} {r['shapes']:>6} {tps / static_tps:>9.2f}  {r['phases']}", flush=True)
             ratio = (rows[1]["tokens"] / rows[1]["seconds"]) / static_tps
     print(f"ratio rollout_tokens_per_s {ratio:.3f}")
     return 0

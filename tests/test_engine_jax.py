@@ -10,7 +10,7 @@ from flax import nnx
 
 from ace_jax.checkpoint import hf
 from ace_jax.inference import Buckets, JaxEngine
-from ace_jax.inference.buckets import pick, pow2_buckets
+from ace_jax.inference.buckets import pick, pow2_buckets, quarter_octave
 from ace_jax.models import get_config
 from rollout.engine import Completion, EngineError, GenerateRequest, RolloutEngine, SamplingParams
 from tests.helpers.hf_models import random_hf_model
@@ -77,6 +77,9 @@ def teacher_forced(model, prompt: list[int], comp: Completion, temperature: floa
 
 def test_protocol_and_buckets():
     assert pow2_buckets(16, 100) == (16, 32, 64, 128)
+    assert [quarter_octave(n) for n in (1, 7, 9, 17, 65, 81)] == [1, 7, 10, 20, 80, 96]
+    with pytest.raises(ValueError, match="must be positive"):
+        quarter_octave(0)
     assert pick(17, (16, 32), "prompt length") == 32
     with pytest.raises(ValueError, match="prompt length 40 exceeds the largest bucket 32"):
         pick(40, (16, 32), "prompt length")

@@ -69,6 +69,22 @@ def test_fork_equals_independent_rows(paged):
     assert prefills and all(s[1] <= BUCKETS.max_batch for s in prefills)
 
 
+def test_shared_prefix_reads_equal_per_row_reads(model, paged):
+    """Cascade attention (a group's prompt blocks read once for its rows, private blocks per row)
+    gives the per-row reads' tokens, logprobs (1e-5) and routed experts."""
+    engine = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256, shared_prefix="always")
+    try:
+        reqs = requests(n=3)
+        for ours, theirs in zip(engine.generate(reqs), paged.generate(reqs)):
+            for a, b in zip(ours, theirs):
+                assert_same(a, b)
+        assert any(s[0] == "decode" and s[-1] is not None for s in engine.compiled_shapes)
+        assert not any(s[0] == "decode" and s[-1] is not None for s in paged.compiled_shapes)  # auto: 3 rows a group < 4
+        assert engine.scheduler.blocks.used == 0
+    finally:
+        engine.close()
+
+
 def test_long_row_does_not_block_finished_rows(model):
     """Two decode slots: a long row keeps one while three short requests queued after it pass
     through the other, each finishing before the long row; no recompilation per admission."""

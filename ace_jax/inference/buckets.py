@@ -17,6 +17,15 @@ def pow2_buckets(smallest: int, largest: int) -> tuple[int, ...]:
         b *= 2
 
 
+def quarter_octave(n: int) -> int:
+    """n rounded up to a bucket of four per octave (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, ...):
+    at most 25% padding, and at most 4 x log2(n) shapes."""
+    if n < 1:
+        raise ValueError(f"a bucketed size must be positive, got {n}")
+    step = 1 << max(0, n.bit_length() - 3)
+    return -(-n // step) * step
+
+
 def pick(n: int, buckets: tuple[int, ...], what: str) -> int:
     """The smallest bucket >= n; a clear error when n exceeds the largest."""
     for b in buckets:

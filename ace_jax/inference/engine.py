@@ -59,7 +59,7 @@ class JaxEngine:
                  seed: int = 0, max_stop_ids: int = 16, model_path: str | None = None,
                  moe_backend: str | None = None, decode_moe_backend: str | None = None,
                  scheduler: str = "continuous", kv_pool_tokens: int | None = None, block_size: int = 16,
-                 decode_slots: int | None = None, decode_chunk: int = 8):
+                 decode_slots: int | None = None, decode_chunk: int = 8, shared_prefix: str = "auto"):
         """`moe_backend` (default: the model's) runs the prefill; `decode_moe_backend` the decode
         steps (default: `dense` on CPU, where a few tokens per step make it the fastest, measured
         in bench/decode.py; else the prefill's; `measure`: the fastest of a timed MoE block at
@@ -69,7 +69,9 @@ class JaxEngine:
         largest batch x (largest prompt + generation bucket)) in blocks of `block_size` (one of
         them the trash block), decodes up
         to `decode_slots` rows (default: the largest batch bucket) in chunks of `decode_chunk`
-        steps; `scheduler="static"` is the bucketed whole-batch engine."""
+        steps, reading a group's shared prompt blocks once for all its rows (`shared_prefix`:
+        `auto`, `always` or `never`, see `scheduler`); `scheduler="static"` is the bucketed
+        whole-batch engine."""
         if scheduler not in ("continuous", "static"):
             raise ValueError(f"scheduler must be 'continuous' or 'static', got {scheduler!r}")
         self.config = model.config
@@ -105,7 +107,7 @@ class JaxEngine:
             tokens = kv_pool_tokens or self.buckets.max_batch * (self.buckets.prompt[-1] + self.buckets.generate[-1])
             self.scheduler = ContinuousScheduler(self, slots=decode_slots or self.buckets.max_batch,
                                                  block_size=block_size, pool_blocks=max(2, blocks_for(tokens, block_size)),
-                                                 chunk_steps=decode_chunk)
+                                                 chunk_steps=decode_chunk, shared_prefix=shared_prefix)
 
     @property
     def returns_routed_experts(self) -> bool:

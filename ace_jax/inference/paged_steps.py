@@ -2,7 +2,8 @@
 
 - `prefill`: prompts [B, P] (right-padded) written into their pool blocks; no logits.
 - `copy_blocks`: copy-on-write of forked groups' partial prompt blocks.
-- `decode_chunk`: `steps` decode steps for up to B rows; each feeds its last token at its
+- `decode_chunk`: `steps` decode steps for up to B rows (with `shared`, the (tables, lengths,
+  group) of a `SharedPrefix`: `tables` are then the rows' private blocks); each feeds its last token at its
   position, samples the next one (PRNG key of row seed s and step t: fold_in(fold_in(key(s), 0), t),
   as the static engine) and stops on a stop token or its max_new_tokens.
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ace_jax.inference import sampling
+from ace_jax.models.paged import SharedPrefix
 
 TRACES = [0]
 
@@ -38,16 +40,17 @@ def _copy_blocks(pool, src, dst):
 
 
 def _decode_chunk(state, pool, tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
-                  *, graphdef, steps: int, routed: bool):
+                  shared=None, *, graphdef, steps: int, routed: bool):
     TRACES[0] += 1
     model = nnx.merge(graphdef, state)
+    shared = None if shared is None else SharedPrefix(*shared)
     base = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 0))(seeds)
 
     def body(carry, _):
         pool, tok, pos, gen, done = carry
         active = ~done
         out = model.forward(tok[:, None], None, pos[:, None], cache=pool, cache_slots=pos[:, None],
-                            block_tables=tables, token_valid=active[:, None])
+                            block_tables=tables, token_valid=active[:, None], shared_prefix=shared)
         keys = jax.vmap(jax.random.fold_in)(base, gen)
         new, lp = sampling.sample(out.logits[:, 0], keys, temp, top_k, top_p, min_p)
         gen = gen + active

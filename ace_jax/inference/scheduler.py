@@ -5,9 +5,11 @@ pool blocks that its n samples reference; a partial last prompt block is copied 
 (copy-on-write). A group is admitted when the pool can hold its whole reservation (prompt +
 n x generation blocks), so a running row never waits for memory. Up to `slots` samples decode
 together in compiled chunks of `chunk_steps` steps; between chunks finished rows leave, their
-blocks return to the pool, and waiting rows take their slots. Shapes come from bucket sets
-(batch from the engine's batch buckets, block-table width a power of two), never from the
-queue, so admitting rows never recompiles.
+blocks return to the pool, and waiting rows take their slots. A chunk's block tables cover only
+the slots its rows reach; with `shared_prefix` (`auto`: at least SHARED_MIN_ROWS rows per group)
+a group's full prompt blocks are read once for all its rows (cascade attention) instead of once
+per row. Shapes come from bucket sets (batch from the engine's batch buckets and 3/4 of them, table
+widths and group counts in `quarter_octave` buckets), never from the queue, so admitting rows never recompiles.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Sequence
 
@@ -25,10 +28,14 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ace_jax.inference import paged_steps
-from ace_jax.inference.buckets import pick
+from ace_jax.inference.buckets import pick, quarter_octave
 from ace_jax.inference.kv_blocks import BlockPool, blocks_for
 from ace_jax.inference.sampling import stop_ids
 from rollout.engine import Completion, GenerateRequest
+
+SHARED_PREFIX_MODES = ("auto", "always", "never")
+MIN_TABLE = 16  # narrower block tables would add compiles for little work
+SHARED_MIN_ROWS = 4  # `auto` reads prompts once per group when the batch has this many rows per group
 
 
 @dataclasses.dataclass
@@ -74,19 +81,35 @@ class _Sample:
         return self.group.shared + self.private
 
 
+def _width(need: int, full: int) -> int:
+    """Block-table width for rows that reach `need` blocks of tables up to `full` long: a
+    `quarter_octave` bucket of at least MIN_TABLE blocks, at most the power of two >= full."""
+    return min(1 << (full - 1).bit_length(), max(MIN_TABLE, quarter_octave(need)))
+
+
 class ContinuousScheduler:
     """Admits, prefills, forks and decodes the rows of all callers of `engine` (a JaxEngine)."""
 
-    def __init__(self, engine: Any, *, slots: int, block_size: int, pool_blocks: int, chunk_steps: int):
+    def __init__(self, engine: Any, *, slots: int, block_size: int, pool_blocks: int, chunk_steps: int,
+                 shared_prefix: str = "auto"):
+        if shared_prefix not in SHARED_PREFIX_MODES:
+            raise ValueError(f"shared_prefix must be one of {list(SHARED_PREFIX_MODES)}, got {shared_prefix!r}")
         if slots > engine.buckets.max_batch:
             raise ValueError(f"decode slots {slots} exceed the largest batch bucket {engine.buckets.max_batch}")
         self.engine = engine
         self.slots = slots
         self.block_size = block_size
         self.chunk_steps = chunk_steps
+        self.shared_prefix = shared_prefix
+        # The engine's batch buckets and 3/4 of each from 8 up (a pool holding 3 of 4 groups fills 24 of 32).
+        self._batches = tuple(sorted({*engine.buckets.batch, *(3 * x // 4 for x in engine.buckets.batch if x >= 8)}))
         self.blocks = BlockPool(pool_blocks)
         self.shapes: set[tuple] = set()  # compiled (kind, shape...) keys seen
         self.decode_chunks = 0
+        # Wall seconds of the worker: `prefill` (prefill + fork, waited for), `decode` (decode chunks
+        # until their outputs reach the host), `host` (the rest: admission, tables, bookkeeping);
+        # `row_steps` / `batch_steps`: decode steps of live rows / of the padded batches.
+        self.profile: collections.Counter = collections.Counter()
         self._kv = None
         self._pending: collections.deque[_Group] = collections.deque()
         self._waiting: collections.deque[_Sample] = collections.deque()
@@ -160,14 +183,19 @@ class ContinuousScheduler:
                     self._fail_all(exc)
 
     def _tick(self) -> None:
+        start, device = time.perf_counter(), self.profile["prefill"] + self.profile["decode"]
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
             self._fork(admitted)
+            jax.block_until_ready(self._kv)
+            self.profile["prefill"] += time.perf_counter() - start
         while self._waiting and len(self._running) < self.slots:
             self._running.append(self._waiting.popleft())
         if self._running:
             self._decode()
+        device = self.profile["prefill"] + self.profile["decode"] - device
+        self.profile["host"] += time.perf_counter() - start - device
 
     def _layout(self, group: _Group) -> tuple[int, int]:
         """(full prompt blocks shared by the samples, blocks of one sample's whole table)."""
@@ -245,9 +273,8 @@ class ContinuousScheduler:
 
     def _decode(self) -> None:
         eng, rows = self.engine, self._running
-        # Batch buckets below a quarter of the slots would add compiles for short tails only.
-        b = pick(max(len(rows), self.slots // 4), eng.buckets.batch, "batch size")
-        m = 1 << (max(len(s.table) for s in rows) - 1).bit_length()
+        # Batches below a quarter of the slots would add compiles for short tails only.
+        b = pick(max(len(rows), self.slots // 4), self._batches, "batch size")
         tok, pos, gen = np.zeros(b, np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32)
         done = np.ones(b, bool)
         max_new = np.ones(b, np.int32)
@@ -255,7 +282,6 @@ class ContinuousScheduler:
         temp, top_p, min_p = np.zeros(b, np.float32), np.ones(b, np.float32), np.zeros(b, np.float32)
         top_k = np.full(b, -1, np.int32)
         seeds = np.zeros(b, np.uint32)
-        tables = np.zeros((b, m), np.int32)
         for i, s in enumerate(rows):
             g, sp = s.group, s.group.request.sampling
             tok[i] = s.tokens[-1] if s.tokens else g.request.input_ids[-1]
@@ -266,15 +292,20 @@ class ContinuousScheduler:
             stop[i, :len(g.stops)] = g.stops
             temp[i], top_p[i], top_k[i], min_p[i] = sp.temperature, sp.top_p, sp.top_k, sp.min_p
             seeds[i] = g.seeds[s.index]
-            tables[i, :len(s.table)] = s.table
+        tables, shared = self._tables(rows, b, pos)
         routed = any(s.group.request.return_routed_experts for s in rows)
-        self.shapes.add(("decode", b, m, self.chunk_steps, routed))
+        self.shapes.add(("decode", b, tables.shape[1], self.chunk_steps, routed,
+                         None if shared is None else shared[0].shape))
+        start = time.perf_counter()
         self._kv, ys = paged_steps.decode_chunk(
             eng.state, self._pool(), tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
-            graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
+            shared, graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
         self.decode_chunks += 1
         toks, lps, active, hit = (np.asarray(y) for y in ys[:4])
         experts = np.asarray(ys[4]) if routed else None
+        self.profile["decode"] += time.perf_counter() - start
+        self.profile["row_steps"] += int(active.sum())
+        self.profile["batch_steps"] += b * self.chunk_steps
         still = []
         for i, s in enumerate(rows):
             reason = None
@@ -296,6 +327,34 @@ class ContinuousScheduler:
             else:
                 still.append(s)
         self._running = still
+
+    def _tables(self, rows: list[_Sample], b: int, pos: np.ndarray):
+        """Block tables [b, M] covering each row's slots up to the chunk's last, and the batch's
+        `SharedPrefix` arrays (tables, lengths, group) when it reads prompts once per group
+        (the tables then hold the private blocks only), else None."""
+        bs = self.block_size
+        need = [min(len(s.table), blocks_for(int(p) + self.chunk_steps, bs)) for s, p in zip(rows, pos)]
+        groups = list({id(s.group): s.group for s in rows}.values())
+        widest = max(len(g.shared) for g in groups)
+        if self.shared_prefix == "never" or widest == 0 or (
+                self.shared_prefix == "auto" and len(groups) * SHARED_MIN_ROWS > len(rows)):
+            tables = np.zeros((b, _width(max(need), max(len(s.table) for s in rows))), np.int32)
+            for i, (s, n) in enumerate(zip(rows, need)):
+                tables[i, :n] = s.table[:n]
+            return tables, None
+        index = {id(g): u for u, g in enumerate(groups)}
+        prefix = np.zeros((quarter_octave(len(groups)), quarter_octave(widest)), np.int32)
+        lengths = np.zeros(prefix.shape[0], np.int32)
+        for u, g in enumerate(groups):
+            prefix[u, :len(g.shared)] = g.shared
+            lengths[u] = len(g.shared) * bs
+        private = [n - len(s.group.shared) for s, n in zip(rows, need)]
+        tables = np.zeros((b, _width(max(private), max(len(s.private) for s in rows))), np.int32)
+        group = np.zeros(b, np.int32)
+        for i, (s, n) in enumerate(zip(rows, private)):
+            tables[i, :n] = s.private[:n]
+            group[i] = index[id(s.group)]
+        return tables, (prefix, lengths, group)
 
     def _finish(self, s: _Sample, reason: str) -> None:
         g = s.group

@@ -77,6 +77,25 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return out.reshape(b, t, n, d)
 
 
+def attend_shared(q: jax.Array, k_shared: jax.Array, v_shared: jax.Array, shared_mask: jax.Array,
+                  k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """`attend` over two key sets under one softmax: keys shared by all rows k/v_shared [S1, K, D]
+    (each row sees those `shared_mask` [B, S1] marks) and per-row keys k/v [B, S2, K, D] under
+    `mask` [B, 1, T, S2]. q [B, T, N, D] -> [B, T, N, D]."""
+    b, t, n, d = q.shape
+    kv_heads = k.shape[2]
+    q = q.reshape(b, t, kv_heads, n // kv_heads, d)
+    s1 = jnp.einsum("btkgd,skd->bkgts", q, k_shared, preferred_element_type=jnp.float32)
+    s1 = jnp.where(shared_mask[:, None, None, None, :], s1, MASK_VALUE)
+    s2 = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    s2 = jnp.where(mask[:, :, None, :, :], s2, MASK_VALUE)
+    probs = jax.nn.softmax(jnp.concatenate([s1, s2], axis=-1) * (d ** -0.5), axis=-1).astype(v.dtype)
+    split = k_shared.shape[0]
+    out = (jnp.einsum("bkgts,skd->btkgd", probs[..., :split], v_shared)
+           + jnp.einsum("bkgts,bskd->btkgd", probs[..., split:], v))
+    return out.reshape(b, t, n, d)
+
+
 def swiglu(x: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array) -> jax.Array:
     """Dense SwiGLU MLP: x [..., H], gate/up [H, I], down [I, H]."""
     h = jax.nn.silu(x @ gate) * (x @ up)

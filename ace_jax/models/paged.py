@@ -5,9 +5,15 @@ head_dim]. A row's block table [M] lists the pool blocks that hold its logical s
 block_size - 1 in order (slot s lives in block table[s // block_size] at offset s % block_size).
 Block 0 is the trash block: unused table entries and the writes of padding tokens land there and
 are never read unmasked. This is the pure-JAX reference path (a gather); it runs on every backend.
+
+`SharedPrefix` splits a decode batch's keys into prompt blocks shared by a group of rows (read
+once per group) and each row's private blocks, so a forked group's prompt is not gathered once
+per sample (on CPU the per-row gather of the whole table is most of a decode step).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,3 +54,26 @@ def read(pool: jax.Array, index: jax.Array) -> jax.Array:
     """Gather one layer's keys or values [B, S, K, D] at flat pool rows `index` [B, S]."""
     nb, bs, k, d = pool.shape
     return pool.reshape(nb * bs, k, d)[index]
+
+
+class SharedPrefix(NamedTuple):
+    """Prompt blocks read once per group of rows (cascade attention in decoding).
+
+    `tables` [U, Ms] lists U groups' shared prompt blocks, `lengths` [U] their slots (whole
+    blocks), `group` [B] each row's group. With it, a row's `block_tables` hold only its private
+    blocks: private slot j is logical slot lengths[group] + j."""
+
+    tables: jax.Array
+    lengths: jax.Array
+    group: jax.Array
+
+    def offsets(self) -> jax.Array:
+        """Logical slot of each row's first private slot: [B]."""
+        return self.lengths[self.group]
+
+    def key_mask(self, block_size: int) -> jax.Array:
+        """[B, U * Ms * block_size]: the prefix keys each row reads (its group's written slots)."""
+        u, ms = self.tables.shape
+        slot = jnp.arange(ms * block_size, dtype=jnp.int32)
+        own = (jnp.arange(u)[None, :] == self.group[:, None])[:, :, None]
+        return (own & (slot[None, None, :] < self.lengths[None, :, None])).reshape(self.group.shape[0], -1)

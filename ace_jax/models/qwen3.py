@@ -16,7 +16,7 @@ from flax import nnx
 from ace_jax.models import paged
 from ace_jax.models.config import Qwen3Config
 from ace_jax.models.constraints import constrain
-from ace_jax.models.layers import (apply_rope, attend, build_attention_mask, param, rms_norm,
+from ace_jax.models.layers import (apply_rope, attend, attend_shared, build_attention_mask, param, rms_norm,
                                    rope_tables, swiglu)
 from ace_jax.models.moe import moe_block
 
@@ -105,13 +105,20 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
         new_kv = (k_pool, v_pool)
         k = paged.read(k_pool, ctx["read_index"]).astype(cdt)
         v = paged.read(v_pool, ctx["read_index"]).astype(cdt)
+        if "shared_index" in ctx:  # a group's prompt keys, read once per group
+            k_shared = paged.read(k_pool, ctx["shared_index"]).astype(cdt)
+            v_shared = paged.read(v_pool, ctx["shared_index"]).astype(cdt)
+            flat = (-1, *k_shared.shape[2:])
+            attn = attend_shared(q, k_shared.reshape(flat), v_shared.reshape(flat), ctx["shared_mask"],
+                                 k, v, ctx["mask"])
     elif cache_kv is not None:
         slots = ctx["cache_slots"]
         write = jax.vmap(lambda c, s, u: c.at[s].set(u.astype(c.dtype)))
         k_all, v_all = write(cache_kv[0], slots, k), write(cache_kv[1], slots, v)
         new_kv = (k_all, v_all)
         k, v = k_all.astype(cdt), v_all.astype(cdt)
-    attn = attend(q, k, v, ctx["mask"])
+    if "shared_index" not in ctx:
+        attn = attend(q, k, v, ctx["mask"])
     x = constrain(x + jnp.einsum("btnd,ndh->bth", attn, w["o_proj"]), ("batch", "seq", "embed"))
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
     ids = stats = None
@@ -188,7 +195,8 @@ class Qwen3ForCausalLM(nnx.Module):
                 positions: jax.Array | None = None, segment_ids: jax.Array | None = None, *,
                 cache: KVCache | None = None, cache_slots: jax.Array | None = None,
                 routed_experts: jax.Array | None = None, compute_logits: bool = True,
-                block_tables: jax.Array | None = None, token_valid: jax.Array | None = None) -> ModelOutput:
+                block_tables: jax.Array | None = None, token_valid: jax.Array | None = None,
+                shared_prefix: paged.SharedPrefix | None = None) -> ModelOutput:
         """Full forward.
 
         Without a cache, `attention_mask` [B, T] marks valid tokens and causality is by index.
@@ -200,6 +208,8 @@ class Qwen3ForCausalLM(nnx.Module):
         slots are M * block_size, read and written through its table (see `models.paged`);
         `token_valid` [B, T] sends padding tokens' writes to the trash block, and keys are masked
         by causality alone (every slot at or before a query's was written by that row).
+        `shared_prefix` (with `block_tables`): rows' prompt blocks shared by their group, read once
+        per group; `block_tables` then hold the private blocks only (see `paged.SharedPrefix`).
         """
         cfg = self.config
         cdt = _dtype(cfg.compute_dtype)
@@ -217,7 +227,13 @@ class Qwen3ForCausalLM(nnx.Module):
             if block_tables is not None:
                 s = block_tables.shape[1] * cache.keys[0].shape[2]
             key_index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-            mask = build_attention_mask(slots, key_index, attention_mask)
+            if shared_prefix is not None:  # private keys and writes relative to the row's shared slots
+                if block_tables is None:
+                    raise ValueError("shared_prefix needs a paged cache (block_tables)")
+                offsets = shared_prefix.offsets()[:, None]
+                key_index, slots = key_index + offsets, slots - offsets
+            mask = build_attention_mask(slots if shared_prefix is None else slots + offsets, key_index,
+                                        attention_mask)
             token_mask = None
         ctx = dict(cos=cos, sin=sin, mask=mask, token_mask=token_mask,
                    cache_slots=None if cache is None else slots)
@@ -225,6 +241,9 @@ class Qwen3ForCausalLM(nnx.Module):
             block = cache.keys[0].shape[2]
             ctx.update(write_index=paged.write_index(block_tables, slots, token_valid, block),
                        read_index=paged.read_index(block_tables, block))
+            if shared_prefix is not None:
+                ctx.update(shared_index=paged.read_index(shared_prefix.tables, block),
+                           shared_mask=shared_prefix.key_mask(block))
         x = constrain(self.embed[...].astype(cdt)[input_ids], ("batch", "seq", "embed"))
         new_keys, new_values, all_ids, loads, auxes = [], [], [], [], []
         moe_seen = 0

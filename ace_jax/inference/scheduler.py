@@ -81,10 +81,10 @@ class _Sample:
         return self.group.shared + self.private
 
 
-def _width(need: int, full: int) -> int:
+def _width(need: int, full: int, least: int = MIN_TABLE) -> int:
     """Block-table width for rows that reach `need` blocks of tables up to `full` long: a
-    `quarter_octave` bucket of at least MIN_TABLE blocks, at most the power of two >= full."""
-    return min(1 << (full - 1).bit_length(), max(MIN_TABLE, quarter_octave(need)))
+    `quarter_octave` bucket of at least `least` blocks, at most the power of two >= full."""
+    return min(1 << (full - 1).bit_length(), max(least, quarter_octave(need)))
 
 
 class ContinuousScheduler:
@@ -295,7 +295,7 @@ class ContinuousScheduler:
         tables, shared = self._tables(rows, b, pos)
         routed = any(s.group.request.return_routed_experts for s in rows)
         self.shapes.add(("decode", b, tables.shape[1], self.chunk_steps, routed,
-                         None if shared is None else shared[0].shape))
+                         None if shared is None else (*shared[0].shape, shared[4].shape[1])))
         start = time.perf_counter()
         self._kv, ys = paged_steps.decode_chunk(
             eng.state, self._pool(), tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
@@ -330,7 +330,7 @@ class ContinuousScheduler:
 
     def _tables(self, rows: list[_Sample], b: int, pos: np.ndarray):
         """Block tables [b, M] covering each row's slots up to the chunk's last, and the batch's
-        `SharedPrefix` arrays (tables, lengths, group) when it reads prompts once per group
+        `SharedPrefix` arrays (tables, lengths, group, member, grid) when it reads prompts once per group
         (the tables then hold the private blocks only), else None."""
         bs = self.block_size
         need = [min(len(s.table), blocks_for(int(p) + self.chunk_steps, bs)) for s, p in zip(rows, pos)]
@@ -349,12 +349,17 @@ class ContinuousScheduler:
             prefix[u, :len(g.shared)] = g.shared
             lengths[u] = len(g.shared) * bs
         private = [n - len(s.group.shared) for s, n in zip(rows, need)]
-        tables = np.zeros((b, _width(max(private), max(len(s.private) for s in rows))), np.int32)
-        group = np.zeros(b, np.int32)
+        tables = np.zeros((b, _width(max(private), max(len(s.private) for s in rows), MIN_TABLE // 2)), np.int32)
+        group, member = np.zeros(b, np.int32), np.zeros(b, np.int32)
+        counts = [0] * len(groups)
         for i, (s, n) in enumerate(zip(rows, private)):
             tables[i, :n] = s.private[:n]
             group[i] = index[id(s.group)]
-        return tables, (prefix, lengths, group)
+            member[i] = counts[group[i]]
+            counts[group[i]] += 1
+        grid = np.zeros((prefix.shape[0], quarter_octave(max(counts))), np.int32)
+        grid[group[:len(rows)], member[:len(rows)]] = np.arange(len(rows))
+        return tables, (prefix, lengths, group, member, grid)
 
     def _finish(self, s: _Sample, reason: str) -> None:
         g = s.group

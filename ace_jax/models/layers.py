@@ -77,22 +77,23 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return out.reshape(b, t, n, d)
 
 
-def attend_shared(q: jax.Array, k_shared: jax.Array, v_shared: jax.Array, shared_mask: jax.Array,
-                  k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """`attend` over two key sets under one softmax: keys shared by all rows k/v_shared [S1, K, D]
-    (each row sees those `shared_mask` [B, S1] marks) and per-row keys k/v [B, S2, K, D] under
-    `mask` [B, 1, T, S2]. q [B, T, N, D] -> [B, T, N, D]."""
+def attend_shared(q: jax.Array, k_shared: jax.Array, v_shared: jax.Array, shared_valid: jax.Array,
+                  k: jax.Array, v: jax.Array, mask: jax.Array, prefix) -> jax.Array:
+    """`attend` over two key sets under one softmax: each group's shared keys k/v_shared
+    [U, S1, K, D] (valid where `shared_valid` [U, S1]), multiplied once per group with its rows'
+    queries (`prefix`, a `paged.SharedPrefix`), and per-row keys k/v [B, S2, K, D] under `mask`
+    [B, 1, T, S2]. q [B, T, N, D] -> [B, T, N, D]."""
     b, t, n, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, n // kv_heads, d)
-    s1 = jnp.einsum("btkgd,skd->bkgts", q, k_shared, preferred_element_type=jnp.float32)
-    s1 = jnp.where(shared_mask[:, None, None, None, :], s1, MASK_VALUE)
+    s1 = jnp.einsum("urtkgd,uskd->urkgts", q[prefix.grid], k_shared, preferred_element_type=jnp.float32)
+    s1 = jnp.where(shared_valid[:, None, None, None, None, :], s1, MASK_VALUE)[prefix.group, prefix.member]
     s2 = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     s2 = jnp.where(mask[:, :, None, :, :], s2, MASK_VALUE)
     probs = jax.nn.softmax(jnp.concatenate([s1, s2], axis=-1) * (d ** -0.5), axis=-1).astype(v.dtype)
-    split = k_shared.shape[0]
-    out = (jnp.einsum("bkgts,skd->btkgd", probs[..., :split], v_shared)
-           + jnp.einsum("bkgts,bskd->btkgd", probs[..., split:], v))
+    split = k_shared.shape[1]
+    out1 = jnp.einsum("urkgts,uskd->urtkgd", probs[..., :split][prefix.grid], v_shared)[prefix.group, prefix.member]
+    out = out1 + jnp.einsum("bkgts,bskd->btkgd", probs[..., split:], v)
     return out.reshape(b, t, n, d)
 
 

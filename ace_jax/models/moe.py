@@ -6,6 +6,9 @@ Backends (all dropless, equal in values and gradients; `dense` is the reference)
 - `blocked`: sort by expert, pad each expert's group to a multiple of a block size, and multiply
   each block by its expert's weights in place (`block_matmul`, a loop over blocks with a custom
   VJP: no per-block weight gather; fast on CPU, where `ragged_dot` lowers to a dense loop over experts).
+- `sparse`: each (token, slot) pair gathers its expert's weights and runs only that expert: no
+  padding and no unrouted experts, but N*k weight gathers; for decode batches with fewer pairs
+  than experts (N * k < E), where every other backend reads or computes all experts.
 - `gmm`: sort by expert and run `moe_gmm.grouped_matmul` (custom VJP of three grouped matmuls:
   the Pallas megablox kernels on TPU targets, tokamax's kernels on GPU, `ragged_dot` elsewhere).
 
@@ -56,6 +59,13 @@ def _expert_ffn_dense(x, routing, gate, up, down):
     h = jax.nn.silu(jnp.einsum("nh,ehi->nei", x, gate)) * jnp.einsum("nh,ehi->nei", x, up)
     out = jnp.einsum("nei,eih->neh", h, down)
     return jnp.einsum("ne,neh->nh", combine, out)
+
+
+def _expert_ffn_sparse(x, routing, gate, up, down):
+    ids = routing.ids
+    h = jax.nn.silu(jnp.einsum("nh,nkhi->nki", x, gate[ids])) * jnp.einsum("nh,nkhi->nki", x, up[ids])
+    out = jnp.einsum("nki,nkih->nkh", h, down[ids])
+    return jnp.einsum("nk,nkh->nh", routing.weights, out)
 
 
 def _sort_by_expert(routing: Routing, num_experts: int):
@@ -139,6 +149,7 @@ BACKENDS: dict[str, Callable] = {
     "ragged": _expert_ffn_ragged,
     "blocked": _expert_ffn_blocked,
     "gmm": _expert_ffn_gmm,
+    "sparse": _expert_ffn_sparse,
 }
 
 

@@ -59,21 +59,22 @@ def read(pool: jax.Array, index: jax.Array) -> jax.Array:
 class SharedPrefix(NamedTuple):
     """Prompt blocks read once per group of rows (cascade attention in decoding).
 
-    `tables` [U, Ms] lists U groups' shared prompt blocks, `lengths` [U] their slots (whole
-    blocks), `group` [B] each row's group. With it, a row's `block_tables` hold only its private
-    blocks: private slot j is logical slot lengths[group] + j."""
+    `tables` [U, Ms] lists U groups' shared prompt blocks and `lengths` [U] their slots (whole
+    blocks). Row b is member `member[b]` of group `group[b]`; `grid` [U, R] is the inverse (the
+    row of each member; unused entries name any row). With it, a row's `block_tables` hold only
+    its private blocks: private slot j is logical slot lengths[group] + j."""
 
     tables: jax.Array
     lengths: jax.Array
     group: jax.Array
+    member: jax.Array
+    grid: jax.Array
 
     def offsets(self) -> jax.Array:
         """Logical slot of each row's first private slot: [B]."""
         return self.lengths[self.group]
 
-    def key_mask(self, block_size: int) -> jax.Array:
-        """[B, U * Ms * block_size]: the prefix keys each row reads (its group's written slots)."""
-        u, ms = self.tables.shape
-        slot = jnp.arange(ms * block_size, dtype=jnp.int32)
-        own = (jnp.arange(u)[None, :] == self.group[:, None])[:, :, None]
-        return (own & (slot[None, None, :] < self.lengths[None, :, None])).reshape(self.group.shape[0], -1)
+    def valid(self, block_size: int) -> jax.Array:
+        """[U, Ms * block_size]: the written slots of each group's prompt blocks."""
+        slot = jnp.arange(self.tables.shape[1] * block_size, dtype=jnp.int32)
+        return slot[None, :] < self.lengths[:, None]

@@ -105,19 +105,16 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
         new_kv = (k_pool, v_pool)
         k = paged.read(k_pool, ctx["read_index"]).astype(cdt)
         v = paged.read(v_pool, ctx["read_index"]).astype(cdt)
-        if "shared_index" in ctx:  # a group's prompt keys, read once per group
-            k_shared = paged.read(k_pool, ctx["shared_index"]).astype(cdt)
-            v_shared = paged.read(v_pool, ctx["shared_index"]).astype(cdt)
-            flat = (-1, *k_shared.shape[2:])
-            attn = attend_shared(q, k_shared.reshape(flat), v_shared.reshape(flat), ctx["shared_mask"],
-                                 k, v, ctx["mask"])
     elif cache_kv is not None:
         slots = ctx["cache_slots"]
         write = jax.vmap(lambda c, s, u: c.at[s].set(u.astype(c.dtype)))
         k_all, v_all = write(cache_kv[0], slots, k), write(cache_kv[1], slots, v)
         new_kv = (k_all, v_all)
         k, v = k_all.astype(cdt), v_all.astype(cdt)
-    if "shared_index" not in ctx:
+    if "shared_index" in ctx:  # the groups' prompt keys, read once per group
+        k_shared, v_shared = (paged.read(pool, ctx["shared_index"]).astype(cdt) for pool in new_kv)
+        attn = attend_shared(q, k_shared, v_shared, ctx["shared_valid"], k, v, ctx["mask"], ctx["shared_prefix"])
+    else:
         attn = attend(q, k, v, ctx["mask"])
     x = constrain(x + jnp.einsum("btnd,ndh->bth", attn, w["o_proj"]), ("batch", "seq", "embed"))
     h = rms_norm(x, w["post_norm"], cfg.rms_norm_eps)
@@ -227,13 +224,13 @@ class Qwen3ForCausalLM(nnx.Module):
             if block_tables is not None:
                 s = block_tables.shape[1] * cache.keys[0].shape[2]
             key_index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-            if shared_prefix is not None:  # private keys and writes relative to the row's shared slots
+            if shared_prefix is not None:  # private keys start after the row's shared slots
                 if block_tables is None:
                     raise ValueError("shared_prefix needs a paged cache (block_tables)")
-                offsets = shared_prefix.offsets()[:, None]
-                key_index, slots = key_index + offsets, slots - offsets
-            mask = build_attention_mask(slots if shared_prefix is None else slots + offsets, key_index,
-                                        attention_mask)
+                key_index = key_index + shared_prefix.offsets()[:, None]
+            mask = build_attention_mask(slots, key_index, attention_mask)
+            if shared_prefix is not None:
+                slots = slots - shared_prefix.offsets()[:, None]  # written through the private tables
             token_mask = None
         ctx = dict(cos=cos, sin=sin, mask=mask, token_mask=token_mask,
                    cache_slots=None if cache is None else slots)
@@ -243,7 +240,7 @@ class Qwen3ForCausalLM(nnx.Module):
                        read_index=paged.read_index(block_tables, block))
             if shared_prefix is not None:
                 ctx.update(shared_index=paged.read_index(shared_prefix.tables, block),
-                           shared_mask=shared_prefix.key_mask(block))
+                           shared_valid=shared_prefix.valid(block), shared_prefix=shared_prefix)
         x = constrain(self.embed[...].astype(cdt)[input_ids], ("batch", "seq", "embed"))
         new_keys, new_values, all_ids, loads, auxes = [], [], [], [], []
         moe_seen = 0

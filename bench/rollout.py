@@ -16,11 +16,11 @@ host bookkeeping) and its decode batches' fill (live rows / batch slots); `--per
 continuous engine without shared-prefix reads (`shared_prefix="never"`) as a same-process A/B.
 Last line: `ratio rollout_tokens_per_s <new/old>` on the last model's last shape.
 
-Measured (`--quick --shapes code --per-row`, 2 shared cores, load 10 to 19, see README):
+Measured (`--quick --shapes code --per-row`, 2 shared cores, load ~10, see README):
 tiny-moe static 567.9 tok/s, continuous 2179.3 (3.84x at 1/4 of the KV: 3.8 vs 15.0 MiB),
-per-row 1400.2; small-moe static 21.0, continuous 33.5 (1.59x, 10.0 vs 40.0 MiB), per-row 51.6
-(that run's shared path was the earlier all-pairs product). Decode chunks were 93% (tiny-moe) and
-95% (small-moe) of the continuous scheduler's wall time, host bookkeeping under 1%.
+per-row 1400.2; small-moe static 50.1, continuous 94.1 (1.88x, 10.0 vs 40.0 MiB), per-row 90.6.
+Decode chunks were 93% (tiny-moe) and 94% (small-moe) of the continuous scheduler's wall time,
+prefill 6% (small-moe) to ~12% (tiny-moe), host bookkeeping under 1%.
 """
 
 from __future__ import annotations

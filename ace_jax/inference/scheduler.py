@@ -183,18 +183,18 @@ class ContinuousScheduler:
                     self._fail_all(exc)
 
     def _tick(self) -> None:
-        start, device = time.perf_counter(), self.profile["prefill"] + self.profile["decode"]
+        start, device = time.perf_counter(), 0.0
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
             self._fork(admitted)
             jax.block_until_ready(self._kv)
-            self.profile["prefill"] += time.perf_counter() - start
+            device = time.perf_counter() - start
+            self.profile["prefill"] += device
         while self._waiting and len(self._running) < self.slots:
             self._running.append(self._waiting.popleft())
         if self._running:
-            self._decode()
-        device = self.profile["prefill"] + self.profile["decode"] - device
+            device += self._decode()
         self.profile["host"] += time.perf_counter() - start - device
 
     def _layout(self, group: _Group) -> tuple[int, int]:
@@ -271,7 +271,8 @@ class ContinuousScheduler:
         self.shapes.add(("copy", width))
         self._kv = paged_steps.copy_blocks(self._pool(), src, dst)
 
-    def _decode(self) -> None:
+    def _decode(self) -> float:
+        """One decode chunk of the running rows; returns its seconds on the device."""
         eng, rows = self.engine, self._running
         # Batches below a quarter of the slots would add compiles for short tails only.
         b = pick(max(len(rows), self.slots // 4), self._batches, "batch size")
@@ -303,7 +304,8 @@ class ContinuousScheduler:
         self.decode_chunks += 1
         toks, lps, active, hit = (np.asarray(y) for y in ys[:4])
         experts = np.asarray(ys[4]) if routed else None
-        self.profile["decode"] += time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.profile["decode"] += seconds
         self.profile["row_steps"] += int(active.sum())
         self.profile["batch_steps"] += b * self.chunk_steps
         still = []
@@ -327,6 +329,7 @@ class ContinuousScheduler:
             else:
                 still.append(s)
         self._running = still
+        return seconds
 
     def _tables(self, rows: list[_Sample], b: int, pos: np.ndarray):
         """Block tables [b, M] covering each row's slots up to the chunk's last, and the batch's

@@ -2,7 +2,8 @@
 
 Property: whatever the (random) durations of sampling, generation, execution and update, no
 update uses a round staler than S, no round is thrown away, generations and updates never
-overlap, and each round's version is max(start, j - S).
+overlap, each round's version is max(start, j - S), and round j is sampled from a curriculum
+holding exactly rounds start .. j - S - 1 (so the states sampled do not depend on timing).
 """
 
 import threading
@@ -25,11 +26,14 @@ class TimedRounds:
         self.device_busy = threading.Lock()
         self.overlaps = 0
         self.weights: list[int] = []
+        self.recorded: list[int] = []            # rounds recorded into the curriculum, in order
+        self.seen: dict[int, list[int]] = {}     # round -> the rounds recorded when it was sampled
 
     def update_weights(self, params, weight_version=None):
         self.weights.append(int(weight_version))
 
     def sample_round(self, step):
+        self.seen[step] = list(self.recorded)
         return np.array([step, step]), ["a", "b"]
 
     def generate_round(self, step, ids, states):
@@ -45,6 +49,7 @@ class TimedRounds:
         return generated
 
     def record_round(self, step, ids, rollouts, rollout_s):
+        self.recorded.append(step)
         return {"step": step}
 
     def curriculum_state(self):
@@ -87,11 +92,14 @@ def test_no_update_uses_a_round_staler_than_s(s, start, rounds, gen_s, exec_s, l
         assert version == max(start, step - s)  # the same on every process, whatever the timing
     assert left == 0 and maker.overlaps == 0
     assert maker.weights == sorted(maker.weights)  # the engine only moves forward
+    for j in range(start, start + rounds):   # what each round was sampled from, whatever the timing
+        assert maker.seen[j] == list(range(start, max(start, j - s))), (j, maker.seen)
 
 
 def test_staleness_zero_alternates_like_the_synchronous_loop():
     used, _, maker = _learn_all(0, 0, 5, [0.002], [0.01], [0.002])
     assert used == [(j, j) for j in range(5)]
+    assert maker.seen == {j: list(range(j)) for j in range(5)}
     assert maker.weights == [1, 2, 3, 4]
 
 

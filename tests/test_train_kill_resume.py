@@ -19,7 +19,7 @@ from ace_jax.train.metrics_file import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Fields that describe the machine, not the learning: wall times and execution-cache counts.
-MACHINE_KEYS = {"rollout_s", "step_s", "cached_executions", "exec_cache_hits", "exec_cache_misses",
+MACHINE_KEYS = {"rollout_s", "generate_s", "execute_s", "update_s", "step_s", "cached_executions", "exec_cache_hits", "exec_cache_misses",
                 "exec_cache_hit_rate"}
 STEPS = 6   # checkpoints every 2 steps; killed after a step that no checkpoint holds
 

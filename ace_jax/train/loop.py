@@ -245,7 +245,8 @@ class Trainer:
             "success_rate": float(rollouts.successes.mean()), "truncated_rate": float(rollouts.truncated.mean()),
             "best_q": float(max(r.q for row in rollouts.results for r in row)),
             "children_added": int(np.sum(np.asarray(children) >= 0)), "buffer_size": int(self.buffer.size),
-            "rollout_s": round(rollout_s, 3), "cached_executions": rollouts.cached_executions,
+            "rollout_s": round(rollout_s, 3), "generate_s": round(rollouts.generate_s, 3),
+            "execute_s": round(rollouts.execute_s, 3), "cached_executions": rollouts.cached_executions,
             **getattr(rollouts, "cache_stats", {})}
         record["executions"], record["executions_here"] = rollouts.executions
         record["curriculum"] = self.curriculum_log.update(self.buffer, ids, step=step)
@@ -263,9 +264,11 @@ class Trainer:
         record = {**record, "informative_groups": n_informative, "zero_variance_groups": int(n_zero),
                   "batch_tokens": int(batch.input_ids.size), "updated": bool(n_informative)}
         if n_informative:
+            update_started = time.perf_counter()
             with self.placement.tracing():
                 self.state, metrics = self.step_fn(self.state, self.placement.place_batch(batch))
             record.update({k2: float(v) for k2, v in metrics.items()})
+            record["update_s"] = round(time.perf_counter() - update_started, 3)
         else:
             record["update_skipped_no_signal"] = 1
         record["step_s"] = round(time.perf_counter() - started, 3)

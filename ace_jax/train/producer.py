@@ -5,6 +5,15 @@ between generations, samples states, generates (admitted by the `StalenessGate`)
 executions to one executor thread (the worker pool runs them in parallel), records finished
 rounds into the buffer in order, and queues them for the learner with the version they were
 generated with and a snapshot of the curriculum that a checkpoint at that step restores.
+
+When a round is recorded is fixed, not left to timing: round j is sampled from a curriculum
+that holds exactly rounds 0 .. j - S - 1 (S = `max_staleness`). Round k is recorded, waiting
+for its executions if they are still running, right after round k + S has been generated, the
+last moment before update k needs it (and the admission of round k + S + 1 waits for update k
+anyway, so waiting costs nothing). Recording a round the moment it finished would make the
+states sampled next depend on how fast executions ran: runs could not be repeated, and the
+processes of a multi-host run, whose executions finish at different times, would sample
+different states.
 """
 
 from __future__ import annotations
@@ -76,27 +85,44 @@ class RolloutProducer:
 
     def _run(self) -> None:
         try:
-            while True:
-                while self._pending and self._pending[0].future.done():
-                    self._finish(self._pending.popleft())
-                if self.gate.stopped or (self.next_index >= self.total and not self._pending):
-                    return
-                if self.next_index < self.total and self.gate.capacity() > 0:
-                    self._generate()
+            while not self.gate.stopped:
+                due = self._due()
+                if due is not None:
+                    if due.future.done():
+                        self._finish(self._pending.popleft())
+                    else:
+                        self._wait(lambda: due.future.exception(timeout=_POLL_S))
                     continue
-                idle = time.perf_counter()
-                if not self.gate.wait_admitted(_POLL_S) and self._pending:
-                    try:
-                        self._pending[0].future.exception(timeout=_POLL_S)
-                    except TimeoutError:
-                        pass
-                self.idle_s += time.perf_counter() - idle
+                if self.next_index >= self.total:
+                    return
+                if self.gate.capacity() > 0:
+                    self._generate()
+                else:
+                    self._wait(lambda: self.gate.wait_admitted(_POLL_S))
         except BaseException as exc:  # handed to the learner, which raises it
             self.rounds.put(exc)
         finally:
             for job in self._pending:
                 job.future.cancel()
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _due(self) -> _Job | None:
+        """The oldest pending round if the next sample must see it (or nothing is left to generate)."""
+        if not self._pending:
+            return None
+        head = self._pending[0]
+        return head if head.index + self.gate.max_staleness < self.next_index or self.next_index >= self.total \
+            else None
+
+    def _wait(self, wait_briefly) -> None:
+        """One short wait (for an execution to finish, or for admission), counted as producer idle
+        time; a failed execution is re-raised by `_finish`."""
+        idle = time.perf_counter()
+        try:
+            wait_briefly()
+        except TimeoutError:
+            pass
+        self.idle_s += time.perf_counter() - idle
 
     def _generate(self) -> None:
         j = self.next_index

@@ -34,6 +34,8 @@ class RolloutRound:
     routed_experts: list[list[np.ndarray]] | None = None  # [S][G] engine routing, for routing replay
     executions: tuple[int, int] = (0, 0)   # sandbox executions started (all processes, this one)
     cached_executions: int = 0             # the execution cache's hits so far
+    generate_s: float = 0.0                # wall time of the generation
+    execute_s: float = 0.0                 # wall time of the executions and grading
 
 
 def _run_one(sandbox, slot: int, item) -> StepResult:
@@ -106,12 +108,14 @@ class Generated:
     truncated: list[list[bool]]
     items: list[tuple]                     # one execution item per completion, in order
     routed_experts: list[list[np.ndarray]] | None
+    generate_s: float = 0.0                # wall time of the generation
 
 
 def generate(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], entry_ids: np.ndarray,
              states: Sequence[State], *, group_size: int, temperature: float, max_new_tokens: int,
              limits: Limits, seed: int, routed: bool = False) -> Generated:
     """G completions per state with fully stated sampling (and the engine's routing with `routed`)."""
+    started = time.perf_counter()
     prompts = [codec.encode_prompt(s, tasks[s.task_id]) for s in states]
     sampling = [SamplingParams(temperature=temperature, top_p=1.0, top_k=-1, min_p=0.0,
                                max_new_tokens=max_new_tokens, stop_token_ids=codec.stop_ids,
@@ -128,12 +132,14 @@ def generate(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], entry_
             items.append((tasks[state.task_id], codec.decode_response(list(c.token_ids)), codec.mode,
                           c.finish_reason == "length", limits, state.q))
     experts = [[c.routed_experts for c in samples] for samples in outputs] if routed else None
-    return Generated(np.asarray(entry_ids), prompts, completions, logprobs, truncated, items, experts)
+    return Generated(np.asarray(entry_ids), prompts, completions, logprobs, truncated, items, experts,
+                     time.perf_counter() - started)
 
 
 def execute(generated: Generated, pool: WorkerPool, *, group_size: int, cache: ExecutionCache | None = None,
             min_execution_s: float = 0.0) -> RolloutRound:
     """Execute and grade a generated round (each execution lasting at least `min_execution_s`)."""
+    started = time.perf_counter()
     run_one, items, n = at_least(min_execution_s), generated.items, len(generated.prompts)
     flat = cache.run(pool, items, run_one) if cache is not None else pool.map(run_one, items)
     results = [flat[i * group_size:(i + 1) * group_size] for i in range(n)]
@@ -141,7 +147,8 @@ def execute(generated: Generated, pool: WorkerPool, *, group_size: int, cache: E
     successes = np.array([[r.reward.success for r in row] for row in results], bool).reshape(n, group_size)
     return RolloutRound(generated.entry_ids, generated.prompts, generated.completions, generated.logprobs, results,
                         rewards, successes, np.array(generated.truncated, bool).reshape(n, group_size),
-                        generated.routed_experts)
+                        generated.routed_experts, generate_s=generated.generate_s,
+                        execute_s=time.perf_counter() - started)
 
 
 def collect(engine: RolloutEngine, pool: WorkerPool, codec: Codec, tasks: dict[str, Task],

@@ -17,8 +17,9 @@ def _eval(q, valid):
     return {s: {"greedy": one, "sampled": sampled} for s in ("heldout", "roots")}
 
 
-def _points(arm, seed, qs):
-    return [{"arm": arm, "seed": seed, "step": 2 * i, "rollouts": 16 * i, "train_reward": 0.5, "eval": _eval(q, 1.0)}
+def _points(arm, seed, qs, zero_variance_per_step=0):
+    return [{"arm": arm, "seed": seed, "step": 2 * i, "rollouts": 16 * i, "groups": 4 * i,
+             "zero_variance_groups": zero_variance_per_step * i, "train_reward": 0.5, "eval": _eval(q, 1.0)}
             for i, q in enumerate(qs)]
 
 
@@ -33,8 +34,8 @@ def test_plan_rejects_unknown_arms_and_bad_target_metrics():
 def test_steps_to_target_is_the_first_evaluation_that_reaches_it():
     plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
                         eval_every=5)
-    points = _points("frontier", 0, [0.5, 0.85, 0.7, 0.9]) + _points("frontier", 1, [0.5, 0.6, 0.81, 0.9]) \
-        + _points("frontier", 2, [0.1, 0.2, 0.3, 0.4])
+    points = _points("frontier", 0, [0.5, 0.85, 0.7, 0.9]) + _points("frontier", 1, [0.5, 0.6, 0.81, 0.9], 1) \
+        + _points("frontier", 2, [0.1, 0.2, 0.3, 0.4], 2)
     assert first_reaching(points[:4], plan.target_metric, 0.8)["step"] == 2
     s = summarize_arm(points, plan)
     assert s["seeds"] == 3 and s["reached"] == 2
@@ -42,6 +43,8 @@ def test_steps_to_target_is_the_first_evaluation_that_reaches_it():
     assert s["final_target_metric"]["mean"] == pytest.approx((0.9 + 0.9 + 0.4) / 3)
     # Over all seeds, the run that never reaches the target counts as its last step (6) + eval_every (5).
     assert s["steps_to_target_all"]["mean"] == pytest.approx((2 + 4 + 11) / 3)
+    # Zero-variance groups per sampled group at the end of each run: 0/12, 3/12, 6/12.
+    assert s["zero_variance_share"]["mean"] == pytest.approx(0.25)
     lower = first_reaching(points[:4], "heldout.greedy.mean_steps_to_first_valid", 2.0)
     assert lower["step"] == 0   # lower is better for steps to first valid
 
@@ -75,5 +78,6 @@ def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     skip = {"arm"}
     assert {k: v for k, v in rows[0].items() if k not in skip} == {k: v for k, v in rows[3].items() if k not in skip}
     assert float(rows[2]["rollouts"]) == 2 * 2 * 4   # 2 steps x 2 states (oversample 1) x G=4
+    assert int(rows[2]["groups"]) == 4 and 0 <= int(rows[2]["zero_variance_groups"]) <= 4
     assert (out / "ablation.png").read_bytes()[:8] == PNG
     assert (out / "frontier" / "seed0" / "metrics.jsonl").is_file()

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sharding.bit_gather import gather_weight
 from sharding.mesh import MESH_AXES
 
 log = logging.getLogger(__name__)
@@ -226,3 +227,23 @@ def activation_constrainer(mesh, rules) -> Callable[[jax.Array, Sequence[str | N
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     return constrain
+
+
+STORAGE_AXIS = "embed"   # the logical axis whose mesh axes shard weights for storage only (FSDP)
+
+
+def weight_gatherer(mesh, rules) -> Callable[..., jax.Array]:
+    """`fn(w, logical_axes, dtype=None)`: weight `w`, stored sharded by the rules, cast to `dtype`
+    and resharded to its compute layout (the mesh axes of its `embed` dimension gathered; expert
+    and tensor axes kept), with 16-bit floats gathered as integers and the gradient
+    reduce-scattered in w's dtype (`sharding.bit_gather`)."""
+    rules = as_rules(rules)
+
+    def gather(w: jax.Array, logical_axes: Sequence[str | None], dtype: Any = None) -> jax.Array:
+        stored = logical_to_spec(logical_axes, w.shape, mesh, rules)
+        used = logical_to_spec([None if a == STORAGE_AXIS else a for a in logical_axes], w.shape, mesh, rules)
+        if stored == used:
+            return w if dtype is None else w.astype(dtype)
+        return gather_weight(w, NamedSharding(mesh, stored), NamedSharding(mesh, used), dtype)
+
+    return gather

@@ -89,7 +89,8 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
     their logical axes (each weight is gathered for use in the compute dtype)."""
     cdt = x.dtype
     b, t, _ = x.shape
-    w = {k: gather_weight(v, axes[k], None if k == "router" else cdt) for k, v in p.items()}
+    router_dt = cdt if cfg.router_dtype == "compute" else None   # the gate matmul's dtype (moe.route)
+    w = {k: gather_weight(v, axes[k], router_dt if k == "router" else cdt) for k, v in p.items()}
     h = rms_norm(x, w["input_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("bth,hnd->btnd", h, w["q_proj"])
     k = jnp.einsum("bth,hkd->btkd", h, w["k_proj"])
@@ -246,7 +247,7 @@ class Qwen3ForCausalLM(nnx.Module):
                 all_ids.append(jnp.moveaxis(ids, 0, 2))
                 loads.append(stats.expert_load)
                 auxes.append(stats.aux_loss)
-        hidden = rms_norm(x, self.final_norm[...].astype(cdt), cfg.rms_norm_eps)
+        hidden = rms_norm(x, gather_weight(self.final_norm[...], ("embed",), cdt), cfg.rms_norm_eps)
         logits = None
         if compute_logits:
             logits = jnp.einsum("bth,hv->btv", hidden, self.lm_head_weight().astype(cdt),

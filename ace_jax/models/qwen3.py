@@ -250,7 +250,8 @@ class Qwen3ForCausalLM(nnx.Module):
         hidden = rms_norm(x, gather_weight(self.final_norm[...], ("embed",), cdt), cfg.rms_norm_eps)
         logits = None
         if compute_logits:
-            logits = jnp.einsum("bth,hv->btv", hidden, self.lm_head_weight().astype(cdt),
+            head = gather_weight(self.lm_head_weight(), ("embed", "vocab"), cdt)
+            logits = jnp.einsum("bth,hv->btv", hidden, head,
                                 preferred_element_type=jnp.float32)
             logits = constrain(logits, ("batch", "seq", "vocab"))
         router = None

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from ace_jax.models import moe
+from sharding import bit_gather
 from sharding.rules import as_rules, resolve
 
 SCHEMES = ("ring", "all_to_all")
@@ -62,15 +63,15 @@ def _ring(x, weights, ids, gate, up, down, *, ep_axes, gather_axes, sum_axes, im
         # trigger JAX's implicit conversion, which left the token / router gradients per-device).
         x = jax.lax.pcast(x, sum_axes, to="varying")
         weights = jax.lax.pcast(weights, sum_axes, to="varying")
-    if gather_axes:
-        x = jax.lax.all_gather(x, gather_axes, axis=0, tiled=True)
-        weights = jax.lax.all_gather(weights, gather_axes, axis=0, tiled=True)
+    if gather_axes:   # bf16 moved as integers both ways (bit_gather), the reductions in bf16
+        x = bit_gather.all_gather(x, gather_axes)
+        weights = bit_gather.all_gather(weights, gather_axes)
         ids = jax.lax.all_gather(ids, gather_axes, axis=0, tiled=True)
     local = ids - jax.lax.axis_index(ep_axes) * e_local
     local = jnp.where((local >= 0) & (local < e_local), local, e_local)
     y = local_expert_ffn(x, weights, local, gate, up, down, impl)
     if gather_axes:
-        y = jax.lax.psum_scatter(y, gather_axes, scatter_dimension=0, tiled=True)
+        y = bit_gather.psum_scatter(y, gather_axes)
     if sum_axes:
         y = jax.lax.psum(y, sum_axes)
     return y

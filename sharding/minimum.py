@@ -2,12 +2,18 @@
 
 Counted the way `sharding.collectives` counts compiled traffic (ring bytes a device sends):
 - weight all-gathers: every parameter gathered (in the compute dtype) over the mesh axes that
-  shard it, except an expert weight's expert axes (expert parallelism keeps experts local), once
-  per forward pass (`forward_passes`: 2 with rematerialization, the forward and its recompute);
-- gradient reduce-scatter: the same gathers transposed, once, in the parameter dtype;
-- expert token exchange: per MoE layer and pass (forward, recompute, backward), the tokens
-  all-gathered over the expert axes and the outputs reduce-scattered back (`ring` scheme), or
-  the routed pairs sent out and back (`all_to_all`); both move (ep - 1) x local tokens x hidden.
+  shard it, except an expert weight's expert axes (expert parallelism keeps experts local): a
+  layer's weights once per forward pass (`forward_passes`: 2 with rematerialization, the forward
+  and its recompute), the LM head and final norm once per step (outside the remat'd layers);
+- gradient reduce-scatter: the same gathers transposed, once, in the compute dtype (the
+  partitioner reduces the per-device partial products at the matmul, before the cast to the
+  parameter dtype);
+- embedding lookup: the table is read by row, not gathered: each token's row in and its
+  gradient out, (n - 1) / n of a row each;
+- expert token exchange: per MoE layer, the tokens all-gathered over the expert axes and the
+  outputs reduce-scattered back (`ring` scheme) in the forward, the gather again in each
+  recompute (its scatter's output is not needed there), and both transposed in the backward:
+  forward_passes + 3 exchanges of (ep - 1) x local tokens x hidden.
 """
 
 from __future__ import annotations
@@ -51,18 +57,38 @@ def gather_group(leaf: Any, mesh_shape: dict[str, int], ep_axes: Sequence[str], 
 
 def minimum_traffic(params: Any, mesh, *, compute_bytes: int, ep_axes: Sequence[str] = (),
                     num_experts: int | None = None, forward_passes: int = 2,
-                    exchange: ExpertExchange | None = None) -> dict[str, float]:
-    """Bytes per device per step by part, and their `total`."""
+                    exchange: ExpertExchange | None = None, tokens: int = 0, layer_stacks: Sequence[str] = ("runs",),
+                    lookup_tables: Sequence[str] = ("embed",)) -> dict[str, float]:
+    """Bytes per device per step by part, and their `total`. Top-level parameters are named by
+    their first key: those under `layer_stacks` are gathered once per forward pass, the others
+    (LM head, final norm) once per step; a table in `lookup_tables` is not gathered but read by
+    row (`embedding lookup`: the rows of the device's `tokens` in, their gradients out)."""
     sizes = {k: int(v) for k, v in mesh.shape.items()}
-    gather = reduce = 0.0
-    for leaf in jax.tree.leaves(params):
+    gather = reduce = lookup = 0.0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         n = gather_group(leaf, sizes, ep_axes, num_experts)
+        top = _first_key(path)
+        if top in lookup_tables:
+            lookup += 2 * (n - 1) / n * tokens * leaf.shape[-1] * compute_bytes
+            continue
         local = math.prod(leaf.sharding.shard_shape(leaf.shape))  # a gather over n receives (n - 1) x this
-        gather += local * (n - 1) * compute_bytes
-        reduce += local * (n - 1) * np.dtype(leaf.dtype).itemsize
-    out = {"weight all-gather": gather * forward_passes, "gradient reduce-scatter": reduce}
+        gather += local * (n - 1) * compute_bytes * (forward_passes if top in layer_stacks else 1)
+        reduce += local * (n - 1) * compute_bytes
+    out = {"weight all-gather": gather, "gradient reduce-scatter": reduce}
+    if lookup:
+        out["embedding lookup"] = lookup
     if exchange and exchange.ep > 1:
-        per_pass = 2 * (exchange.ep - 1) * exchange.tokens * exchange.hidden * exchange.act_bytes
-        out["expert token exchange"] = float(per_pass * exchange.moe_layers * (forward_passes + 1))
+        per_op = (exchange.ep - 1) * exchange.tokens * exchange.hidden * exchange.act_bytes
+        # forward: gather + scatter; each recompute: the gather (its output is not needed);
+        # backward: the transposes, scatter + gather
+        out["expert token exchange"] = float(per_op * exchange.moe_layers * (forward_passes + 3))
     out["total"] = float(sum(out.values()))
     return out
+
+
+def _first_key(path) -> str:
+    key = path[0] if path else None
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)

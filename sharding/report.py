@@ -127,13 +127,13 @@ def costs_lines(r: PlanResult) -> list[str]:
                 if k not in ("traffic", "payload", "ops"):
                     kinds[k] = kinds.get(k, 0.0) + v
         lines += ["", f"{'collectives (GiB/device/step)':<40}{'compiled':>12}{'minimum':>12}{'ratio':>8}",
-                  f"{'total':<40}{_gb(total_traffic(r)):>12}{_gb(minimum['total']):>12}"
+                  f"{'total, as compiled (raw HLO)':<40}{_gb(total_traffic(r)):>12}{_gb(minimum['total']):>12}"
                   f"{_ratio(total_traffic(r), minimum['total']):>8}"]
         widened = r.info.get("traffic_bf16")
         if widened is not None and widened < 0.999 * total_traffic(r):
-            lines.append(f"{'total, bf16 collectives counted in bf16':<40}{_gb(widened):>12}{_gb(minimum['total']):>12}"
-                         f"{_ratio(widened, minimum['total']):>8}  (corrected: the compiler widened "
-                         f"{_gb(total_traffic(r) - widened)} GiB of bf16 data to f32)")
+            lines.append(f"{'total, widened bf16 counted in bf16':<40}{_gb(widened):>12}{_gb(minimum['total']):>12}"
+                         f"{_ratio(widened, minimum['total']):>8}  (the CPU compiler widened "
+                         f"{_gb(total_traffic(r) - widened)} GiB of bf16 collectives to f32; a GPU moves them in bf16)")
         lines += [f"  compiled {k:<31}{_gb(v):>12}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])]
         lines += [f"  minimum {k:<32}{'':>12}{_gb(v):>12}" for k, v in minimum.items() if k != "total"]
     for backend, row_ in (info.get("moe_layer_flops") or {}).items():

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from sharding.bit_gather import gather_weight
 from sharding.mesh import MESH_AXES
 
 log = logging.getLogger(__name__)
@@ -226,3 +227,35 @@ def activation_constrainer(mesh, rules) -> Callable[[jax.Array, Sequence[str | N
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
     return constrain
+
+
+STORAGE_AXIS = "embed"   # the logical axis whose mesh axes shard weights for storage only (FSDP)
+
+
+def weight_gatherer(mesh, rules) -> Callable[..., jax.Array]:
+    """`fn(w, logical_axes, dtype=None)`: weight `w`, stored sharded by the rules, cast to `dtype`
+    and resharded to its compute layout (the mesh axes of its `embed` dimension gathered; expert
+    and tensor axes kept), with 16-bit floats gathered as integers and the gradient
+    reduce-scattered (`sharding.bit_gather`)."""
+    rules = as_rules(rules)
+
+    def gather(w: jax.Array, logical_axes: Sequence[str | None], dtype: Any = None) -> jax.Array:
+        stored = logical_to_spec(logical_axes, w.shape, mesh, rules)
+        entries = tuple(stored) + (None,) * (w.ndim - len(stored))
+        storage = {a for name, entry in zip(logical_axes, entries) if name == STORAGE_AXIS for a in _entry_axes(entry)}
+        used = PartitionSpec(*(_without(entry, storage) for entry in entries))
+        if not storage:
+            return w if dtype is None else w.astype(dtype)
+        return gather_weight(w, NamedSharding(mesh, stored), NamedSharding(mesh, used), dtype)
+
+    return gather
+
+
+def _entry_axes(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _without(entry: Any, axes: set[str]) -> Any:
+    """A PartitionSpec entry less the mesh `axes`."""
+    kept = tuple(a for a in _entry_axes(entry) if a not in axes)
+    return None if not kept else kept[0] if len(kept) == 1 else kept

@@ -18,18 +18,24 @@ def mesh():
     return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("fsdp", "expert"))
 
 
-def test_minimum_traffic_counts_gathers_reduce_scatter_and_token_exchange(mesh):
+def test_minimum_traffic_counts_gathers_reduce_scatter_lookup_and_token_exchange(mesh):
     dense = jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=NamedSharding(mesh, P(("fsdp", "expert"))))
     experts = jax.ShapeDtypeStruct((2, 8, 16), jnp.float32, sharding=NamedSharding(mesh, P("expert", "fsdp")))
+    head = jax.ShapeDtypeStruct((8, 32), jnp.float32, sharding=NamedSharding(mesh, P(("fsdp", "expert"))))
+    table = jax.ShapeDtypeStruct((32, 8), jnp.float32, sharding=NamedSharding(mesh, P(None, ("fsdp", "expert"))))
     sizes = {"fsdp": 4, "expert": 2}
     assert gather_group(dense, sizes, ("expert",), 2) == 8     # gathered over both axes
     assert gather_group(experts, sizes, ("expert",), 2) == 4   # experts stay local: fsdp only
-    out = minimum_traffic({"w": dense, "e": experts}, mesh, compute_bytes=2, ep_axes=("expert",), num_experts=2,
-                          forward_passes=2, exchange=ExpertExchange(3, 10, 16, 2, 2))
-    # dense: 16 local elements x 7 others; experts: 32 local x 3 others
-    assert out["weight all-gather"] == 2 * (16 * 7 + 32 * 3) * 2
-    assert out["gradient reduce-scatter"] == (16 * 7 + 32 * 3) * 4
-    assert out["expert token exchange"] == 2 * 1 * 10 * 16 * 2 * 3 * 3   # gather + scatter, 3 layers, 3 passes
+    params = {"runs": [{"w": dense, "e": experts}], "lm_head": head, "embed": table}
+    out = minimum_traffic(params, mesh, compute_bytes=2, ep_axes=("expert",), num_experts=2,
+                          forward_passes=2, exchange=ExpertExchange(3, 10, 16, 2, 2), tokens=10)
+    # layers: dense 16 local elements x 7 others, experts 32 local x 3 others, gathered per pass;
+    # the LM head (32 local x 7) once per step; the table is read by row (10 tokens, 8 wide)
+    assert out["weight all-gather"] == (2 * (16 * 7 + 32 * 3) + 32 * 7) * 2
+    assert out["gradient reduce-scatter"] == (16 * 7 + 32 * 3 + 32 * 7) * 2
+    assert out["embedding lookup"] == 2 * 7 / 8 * 10 * 8 * 2
+    # forward gather + scatter, the recompute's gather, the backward's two: 5 x 3 layers
+    assert out["expert token exchange"] == 1 * 10 * 16 * 2 * 3 * 5
     assert out["total"] == sum(v for k, v in out.items() if k != "total")
 
 

@@ -1,7 +1,7 @@
 """Optional sharding hooks for the model: no-ops unless a hooks object is active.
 
 `with constraints.use(hooks):` activates an object with (optionally) `constrain(x, logical_axes)`
-(an activation sharding constraint) and `expert_ffn(backend, default_fn)` (a replacement for the
+(an activation sharding constraint), `gather_weight(w, logical_axes)` (a weight gathered for use) and `expert_ffn(backend, default_fn)` (a replacement for the
 MoE expert computation, e.g. expert parallelism). The hooks act while a function is *traced*:
 trace (jit) the function inside the `with` block. `sharding.context.model_hooks` builds them.
 """
@@ -33,6 +33,15 @@ def constrain(x, logical_axes: Sequence[str | None]):
     """Sharding constraint of activation `x` by logical axis names; identity without hooks."""
     fn = getattr(_ACTIVE.get(), "constrain", None)
     return x if fn is None else fn(x, logical_axes)
+
+
+def gather_weight(w, logical_axes: Sequence[str | None], dtype: Any = None):
+    """Weight `w` cast to `dtype` (None: kept) in the layout it is used in (its FSDP axes
+    gathered); without hooks just the cast."""
+    fn = getattr(_ACTIVE.get(), "gather_weight", None)
+    if fn is None:
+        return w if dtype is None else w.astype(dtype)
+    return fn(w, logical_axes, dtype)
 
 
 def target_platform() -> str:

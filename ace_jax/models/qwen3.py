@@ -15,7 +15,7 @@ from flax import nnx
 
 from ace_jax.models import paged
 from ace_jax.models.config import Qwen3Config
-from ace_jax.models.constraints import constrain
+from ace_jax.models.constraints import constrain, gather_weight
 from ace_jax.models.layers import (apply_rope, attend, attend_shared, build_attention_mask, param, rms_norm,
                                    rope_tables, swiglu)
 from ace_jax.models.moe import moe_block
@@ -83,11 +83,14 @@ class LayerRun(nnx.Module):
 
 
 def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array, ctx: dict[str, Any],
-           cache_kv: tuple[jax.Array, jax.Array] | None, forced_ids: jax.Array | None):
-    """One decoder layer on x [B, T, H]; `p` holds this layer's slice of the stacked params."""
+           cache_kv: tuple[jax.Array, jax.Array] | None, forced_ids: jax.Array | None,
+           axes: dict[str, tuple[str, ...]]):
+    """One decoder layer on x [B, T, H]; `p` holds this layer's slice of the stacked params, `axes`
+    their logical axes (each weight is gathered for use in the compute dtype)."""
     cdt = x.dtype
     b, t, _ = x.shape
-    w = {k: v.astype(cdt) for k, v in p.items() if k != "router"}
+    router_dt = cdt if cfg.router_dtype == "compute" else None   # the gate matmul's dtype (moe.route)
+    w = {k: gather_weight(v, axes[k], router_dt if k == "router" else cdt) for k, v in p.items()}
     h = rms_norm(x, w["input_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("bth,hnd->btnd", h, w["q_proj"])
     k = jnp.einsum("bth,hkd->btkd", h, w["k_proj"])
@@ -122,7 +125,7 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
     if is_moe:
         flat = h.reshape(b * t, -1)
         y, ids, stats = moe_block(
-            flat, p["router"], w["gate_proj"], w["up_proj"], w["down_proj"],
+            flat, w["router"], w["gate_proj"], w["up_proj"], w["down_proj"],
             top_k=cfg.num_experts_per_tok, norm_topk_prob=cfg.norm_topk_prob,
             backend=cfg.moe_backend, token_mask=ctx["token_mask"], router_dtype=cfg.router_dtype,
             forced_ids=None if forced_ids is None else forced_ids.reshape(b * t, -1))
@@ -136,10 +139,12 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
 def _run_forward(cfg: Qwen3Config, run: LayerRun, x, ctx, cache_kv, forced_ids):
     """Scan one run of layers. cache_kv: ([L,B,S,K,D], [L,B,S,K,D]) or None; forced_ids [L,B,T,k] or None."""
     params = _params_of(run)
+    axes = {name: tuple(value.get_metadata()["logical_axes"][1:]) for name, value in vars(run).items()
+            if isinstance(value, nnx.Param)}   # a layer's slice: without the stacked "layers" axis
 
     def body(carry, xs):
         p, kv, forced = xs
-        out, new_kv, ids, stats = _layer(cfg, run.is_moe, p, carry, ctx, kv, forced)
+        out, new_kv, ids, stats = _layer(cfg, run.is_moe, p, carry, ctx, kv, forced, axes)
         return out, (new_kv, ids, stats)
 
     if cfg.remat != "none":
@@ -258,10 +263,11 @@ class Qwen3ForCausalLM(nnx.Module):
                 all_ids.append(jnp.moveaxis(ids, 0, 2))
                 loads.append(stats.expert_load)
                 auxes.append(stats.aux_loss)
-        hidden = rms_norm(x, self.final_norm[...].astype(cdt), cfg.rms_norm_eps)
+        hidden = rms_norm(x, gather_weight(self.final_norm[...], ("embed",), cdt), cfg.rms_norm_eps)
         logits = None
         if compute_logits:
-            logits = jnp.einsum("bth,hv->btv", hidden, self.lm_head_weight().astype(cdt),
+            head = gather_weight(self.lm_head_weight(), ("embed", "vocab"), cdt)
+            logits = jnp.einsum("bth,hv->btv", hidden, head,
                                 preferred_element_type=jnp.float32)
             logits = constrain(logits, ("batch", "seq", "vocab"))
         router = None

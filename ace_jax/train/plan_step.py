@@ -130,7 +130,8 @@ def step_costs(cfg: Qwen3Config, params, mesh, rules, *, local_batch: int, seq_l
     exchange = ExpertExchange(cfg.num_moe_layers, tokens, cfg.hidden_size, cbytes, ep) if ep_axes else None
     minimum = minimum_traffic(params, mesh, compute_bytes=cbytes, ep_axes=ep_axes,
                               num_experts=cfg.num_experts if cfg.is_moe else None,
-                              forward_passes=1 + (cfg.remat != "none"), exchange=exchange)
+                              forward_passes=1 + (cfg.remat != "none"), exchange=exchange, tokens=tokens,
+                              lookup_tables=() if cfg.tie_word_embeddings else ("embed",))
     out = {"tokens_per_device": tokens, "flops_analytic": analytic_flops(cfg, tokens, seq_len),
            "traffic_minimum": minimum, "ep": ep}
     if cfg.is_moe:   # one device's share of an MoE layer (balanced routing): rows = routed pairs

@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from ace_jax.grpo import LossConfig, add_terms, chunked_logprobs, finalize_terms, loss_count, policy_loss_terms
-from ace_jax.models.constraints import active, constrain
+from ace_jax.models.constraints import active, constrain, gather_weight
 from ace_jax.train.batch import TrainBatch
 from ace_jax.train.state import TrainState
 from sharding.rules import batch_spec
@@ -75,8 +75,8 @@ def local_rows(rows: int, seq_len: int) -> int:
 
 def compute_head(model: Any, dtype: Any) -> jax.Array:
     """The LM head [H, V] in the compute dtype (as forward and the engine), cast where it is
-    sharded so that a mesh gathers it in that dtype rather than in the parameter dtype."""
-    return constrain(model.lm_head_weight().astype(dtype), ("embed", "vocab"))
+    sharded and gathered once for every chunk (in that dtype, as bits for bf16)."""
+    return gather_weight(model.lm_head_weight(), ("embed", "vocab"), dtype)
 
 
 def first_completion_index(loss_mask: jax.Array) -> jax.Array:

@@ -122,7 +122,7 @@ def balanced_floor(sync: dict) -> float:
     """The execution time at which async can gain most: a sync step's time outside its executions
     (sampling, generation, recording, the update), median over the steady steps."""
     rest = [r["step_s"] - r["execute_s"] for r in sync["records"][STEADY_FROM:]]
-    return round(float(sorted(rest)[len(rest) // 2]), 2)
+    return round(float(median(rest)), 2)
 
 
 def load_result(out: str, name: str) -> dict:
@@ -134,30 +134,34 @@ def load_result(out: str, name: str) -> dict:
     rewards = [r["reward_mean"] for r in records]
     graded = sum(r["states"] for r in records) * summary.get("group_size", 8)
     step_s = [r["step_s"] for r in records]
-    return {"name": name, "steps_per_hour": steady_steps_per_hour(step_s), "outliers": outlier_steps(step_s),
+    return {"name": name, "steps_per_hour": steady_steps_per_hour(step_s), "outliers": steady_steps(step_s)[1],
             "clock": clock, "reward": rewards,
             "smooth": running_mean(rewards, SMOOTH), "executions": sum(r["executions"] for r in records),
             "graded": graded, "hit_rate": records[-1].get("exec_cache_hit_rate", float("nan")), "records": records,
             "summary": summary, "load": summary.get("load_5min", float("nan"))}
 
 
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def steady_steps(step_s: list[float], skip: int = STEADY_FROM) -> tuple[list[float], int]:
+    """(kept step times, steps left out) after the first `skip` steps (the first pays the compiles
+    in every mode, and an async run fills its pipeline during it, so a step after it may be almost
+    free), leaving out steps over `OUTLIER` times the median: one-off traces of a shape seen for
+    the first time (a new length bucket or decode batch; the persistent compile cache saves the
+    compile, not the trace), which land in different steps in different modes."""
+    steady = step_s[skip:]
+    if not steady:
+        return [], 0
+    kept = [t for t in steady if t <= OUTLIER * median(steady)]
+    return kept, len(steady) - len(kept)
+
+
 def steady_steps_per_hour(step_s: list[float], skip: int = STEADY_FROM) -> float:
-    """Steps per hour after the first `skip` steps (the first pays the compiles in every mode, and
-    an async run fills its pipeline during it, so a step after it may be almost free), leaving out
-    steps over `OUTLIER` times the median: one-off traces of a shape seen for the first time
-    (a new length bucket or decode batch; the persistent compile cache saves the compile, not the
-    trace), which land in different steps in different modes."""
-    steady = step_s[skip:]
-    if not steady:  # a run stopped early (SIGTERM): reported, without a rate
-        return float("nan")
-    median = sorted(steady)[len(steady) // 2]
-    kept = [t for t in steady if t <= OUTLIER * median]
-    return 3600 * len(kept) / sum(kept)
-
-
-def outlier_steps(step_s: list[float], skip: int = STEADY_FROM) -> int:
-    steady = step_s[skip:]
-    return 0 if not steady else sum(t > OUTLIER * sorted(steady)[len(steady) // 2] for t in steady)
+    """Steps per hour over the `steady_steps`; NaN for a run stopped early (SIGTERM)."""
+    kept, _ = steady_steps(step_s, skip)
+    return 3600 * len(kept) / sum(kept) if kept else float("nan")
 
 
 def running_mean(values: list[float], window: int) -> list[float]:

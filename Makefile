@@ -3,6 +3,9 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 STAMP := $(VENV)/.installed-stamp
+# Test processes (pytest-xdist; each test file stays in one): compiles are single-threaded, so
+# two workers keep both of CI's two cores busy.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast install system-demo system-test bench clean
 
@@ -26,11 +29,11 @@ demo: system-demo
 
 test: system-test
 	@$(MAKE) --no-print-directory install
-	$(VENV)/bin/python -m pytest -q --durations=15 tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 test-fast: system-test
 	@$(MAKE) --no-print-directory install
-	$(VENV)/bin/python -m pytest -q -m "not slow" tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) .jax_cache runs

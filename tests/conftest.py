@@ -1,4 +1,5 @@
-"""Shared test setup: 8 fake CPU devices, fp32 matmuls, a persistent compilation cache."""
+"""Shared test setup: 8 fake CPU devices, fp32 matmuls, a persistent compilation cache (also
+for the subprocesses tests start)."""
 
 import os
 
@@ -10,6 +11,10 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
+# Subprocesses (`ace-jax train` launches, multi-host runs) share the cache: a program one of
+# them compiled is not compiled again by the next one with the same shapes.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
 def pytest_configure(config):
@@ -20,6 +25,13 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", str(_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow tests first (the order is otherwise kept): with `-n 2 --dist loadfile`
+    (`make test`) the long files start early and short ones fill the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
 
 
 @pytest.fixture

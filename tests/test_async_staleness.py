@@ -28,6 +28,8 @@ class TimedRounds:
         self.weights: list[int] = []
         self.recorded: list[int] = []            # rounds recorded into the curriculum, in order
         self.seen: dict[int, list[int]] = {}     # round -> the rounds recorded when it was sampled
+        self.executing = self.most_executing = 0  # rounds executing now, and at most at once
+        self.count_lock = threading.Lock()
 
     def update_weights(self, params, weight_version=None):
         self.weights.append(int(weight_version))
@@ -45,7 +47,12 @@ class TimedRounds:
         return step
 
     def execute_round(self, generated):
+        with self.count_lock:
+            self.executing += 1
+            self.most_executing = max(self.most_executing, self.executing)
         time.sleep(self.exec_s[generated % len(self.exec_s)])
+        with self.count_lock:
+            self.executing -= 1
         return generated
 
     def record_round(self, step, ids, rollouts, rollout_s):
@@ -91,6 +98,7 @@ def test_no_update_uses_a_round_staler_than_s(s, start, rounds, gen_s, exec_s, l
         assert 0 <= step - version <= s
         assert version == max(start, step - s)  # the same on every process, whatever the timing
     assert left == 0 and maker.overlaps == 0
+    assert maker.most_executing <= s + 1  # rounds k .. k + S at most
     assert maker.weights == sorted(maker.weights)  # the engine only moves forward
     for j in range(start, start + rounds):   # what each round was sampled from, whatever the timing
         assert maker.seen[j] == list(range(start, max(start, j - s))), (j, maker.seen)
@@ -101,6 +109,14 @@ def test_staleness_zero_alternates_like_the_synchronous_loop():
     assert used == [(j, j) for j in range(5)]
     assert maker.seen == {j: list(range(j)) for j in range(5)}
     assert maker.weights == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("s", [0, 1, 2])
+def test_rounds_within_the_staleness_bound_execute_at_once(s):
+    # executions far longer than generation and update: S + 1 rounds are in flight together
+    used, _, maker = _learn_all(s, 0, 6, [0.001], [0.25], [0.001])
+    assert [step for step, _ in used] == list(range(6))
+    assert maker.most_executing == s + 1
 
 
 def test_capacity_is_areals_formula_in_rounds():

@@ -36,7 +36,8 @@ class PersistentExecutionCache:
         """Each distinct item once through `run_one(sandbox, slot, item)`, its sandbox behind the store."""
         keys = [ExecutionCache.key(it) for it in items]
         unique = dict(zip(keys, items))
-        self.duplicates += len(items) - len(unique)
+        with self._lock:  # rounds may run at once (async)
+            self.duplicates += len(items) - len(unique)
         cached_run = lambda sandbox, slot, item: run_one(self._wrapped(sandbox), slot, item)  # noqa: E731
         done = dict(zip(unique, pool.map(cached_run, list(unique.values()))))
         return [done[k] for k in keys]

@@ -219,15 +219,23 @@ class Trainer:
     def generate_round(self, step: int, ids, states) -> Generated:
         cfg = self.cfg
         routed = self.loss_config.routing_replay and self.model_config.is_moe and self.engine.returns_routed_experts
-        return generate(self.engine, self.codec, self.tasks, ids, states, group_size=cfg.rollout.group_size,
-                        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-                        limits=self.limits, seed=cfg.train.seed * 1_000_003 + step, routed=routed)
+        generated = generate(self.engine, self.codec, self.tasks, ids, states, group_size=cfg.rollout.group_size,
+                             temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                             limits=self.limits, seed=cfg.train.seed * 1_000_003 + step, routed=routed)
+        return dataclasses.replace(generated, step=step)
 
     def execute_round(self, generated: Generated) -> RolloutRound:
-        """Execute and grade a round; its execution counts are taken with it (async: in its thread)."""
-        rollouts = execute(generated, self.pool, group_size=self.cfg.rollout.group_size, cache=self.exec_cache,
-                           min_execution_s=self.cfg.env.min_execution_s)
-        rollouts.executions = self.pool.take_counts()
+        """Execute and grade a round; its execution counts are taken with it. Async runs up to S + 1
+        rounds at once, each in its own thread: the processes exchange results by round, and a
+        round's exchange is forgotten once every process has sampled past it (round j is sampled
+        only after round j - S - 1 is recorded, so reading round j's results from every process
+        means every process has read round j - S - 1's)."""
+        lag = self.cfg.train.max_staleness if self.cfg.train.mode == "async" else 0
+        forget = generated.step - lag - 1
+        with self.pool.round(f"round{generated.step}", f"round{forget}" if forget >= 0 else None):
+            rollouts = execute(generated, self.pool, group_size=self.cfg.rollout.group_size, cache=self.exec_cache,
+                               min_execution_s=self.cfg.env.min_execution_s)
+            rollouts.executions = self.pool.take_counts()
         rollouts.cached_executions = 0 if self.exec_cache is None else self.exec_cache.hits
         rollouts.cache_stats = {} if self.exec_cache is None else self.exec_cache.stats()
         return rollouts

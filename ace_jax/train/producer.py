@@ -1,9 +1,9 @@
 """The rollout producer of train.mode async: one thread ahead of the learner.
 
 It is the single owner of the engine and of the curriculum while it runs: it takes new weights
-between generations, samples states, generates (admitted by the `StalenessGate`), hands the
-executions to one executor thread (the worker pool runs them in parallel), records finished
-rounds into the buffer in order, and queues them for the learner with the version they were
+between generations, samples states, generates (admitted by the `StalenessGate`), hands each
+round's executions to a thread of its own (up to S + 1 rounds execute at once, sharing the
+worker pool's slots), records finished rounds into the buffer in order, and queues them for the learner with the version they were
 generated with and a snapshot of the curriculum that a checkpoint at that step restores.
 
 When a round is recorded is fixed, not left to timing: round j is sampled from a curriculum
@@ -76,7 +76,8 @@ class RolloutProducer:
         self.idle_s = 0.0
         self.generated_groups = 0
         self._pending: collections.deque[_Job] = collections.deque()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rollout-exec")
+        # Rounds k .. k + S may be pending at once: each executes in its own thread.
+        self._executor = ThreadPoolExecutor(gate.max_staleness + 1, thread_name_prefix="rollout-exec")
         self._thread = threading.Thread(target=self._run, name="rollout-producer", daemon=True)
 
     def start(self) -> "RolloutProducer":

@@ -7,6 +7,7 @@ the update batch needs, and the step results (child states for the buffer).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from typing import Sequence
 
@@ -68,6 +69,7 @@ class ExecutionCache:
         self.max_entries = max_entries
         self.entries: dict[tuple, StepResult] = {}
         self.hits = 0
+        self._lock = threading.Lock()  # rounds may run at once (async)
 
     @staticmethod
     def key(item) -> tuple:
@@ -76,14 +78,16 @@ class ExecutionCache:
 
     def run(self, pool: WorkerPool, items: list, run_one=_run_one) -> list[StepResult]:
         keys = [self.key(it) for it in items]
-        todo = {k: it for k, it in zip(keys, items) if k not in self.entries}
-        for k, result in zip(todo, pool.map(run_one, list(todo.values()))):
-            self.entries[k] = result
-        self.hits += len(items) - len(todo)
-        results = [self.entries[k] for k in keys]
-        while len(self.entries) > self.max_entries:
-            self.entries.pop(next(iter(self.entries)))
-        return results
+        with self._lock:
+            known = {k: self.entries[k] for k in keys if k in self.entries}
+        todo = {k: it for k, it in zip(keys, items) if k not in known}
+        done = dict(zip(todo, pool.map(run_one, list(todo.values()))))
+        with self._lock:
+            self.entries.update(done)
+            self.hits += len(items) - len(todo)
+            while len(self.entries) > self.max_entries:
+                self.entries.pop(next(iter(self.entries)))
+        return [known[k] if k in known else done[k] for k in keys]
 
 
 class MissingLogprobs(RuntimeError):
@@ -109,6 +113,7 @@ class Generated:
     items: list[tuple]                     # one execution item per completion, in order
     routed_experts: list[list[np.ndarray]] | None
     generate_s: float = 0.0                # wall time of the generation
+    step: int = 0                          # the round's step (which exchange its executions use)
 
 
 def generate(engine: RolloutEngine, codec: Codec, tasks: dict[str, Task], entry_ids: np.ndarray,

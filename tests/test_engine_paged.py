@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -54,6 +55,26 @@ def test_paged_equals_contiguous(model, paged):
         assert_same(ours[0], theirs[0])
     assert paged.scheduler.blocks.used == 0
     assert 0 < paged.kv_bytes()["peak"] <= paged.kv_bytes()["reserved"]
+
+
+def test_unrolled_layers_equal_scanned(model, paged):
+    """Per-layer weights and KV buffers with the layers unrolled (the CPU default) give the scanned,
+    stacked engine's tokens, logprobs (1e-5, fp32) and routed experts, with and without shared reads."""
+    assert paged.unroll_layers and isinstance(paged.scheduler._pool().keys[0], tuple)
+    for mode in ("auto", "always"):
+        scanned = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256,
+                            shared_prefix=mode, unroll_layers=False)
+        unrolled = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256,
+                             shared_prefix=mode, unroll_layers=True)
+        try:
+            assert scanned.layers is None and not isinstance(scanned.scheduler._pool().keys[0], tuple)
+            reqs = requests(n=2)
+            for ours, theirs in zip(unrolled.generate(reqs), scanned.generate(reqs)):
+                for a, b in zip(ours, theirs):
+                    assert_same(a, b)
+        finally:
+            scanned.close()
+            unrolled.close()
 
 
 def test_fork_equals_independent_rows(paged):
@@ -131,9 +152,9 @@ def test_paged_pool_on_a_mesh_shards_kv_heads(tmp_path, model):
         for a, b in zip(ours.generate(reqs), plain.generate(reqs)):
             for x, y in zip(a, b):
                 assert_same(x, y)
-        pool = ours.scheduler._kv.keys[0]
-        assert pool.sharding.spec[3] == "tensor"
-        assert pool.addressable_shards[0].data.shape[3] == 1  # 2 KV heads over tensor = 2
+        pool = jax.tree.leaves(ours.scheduler._kv.keys[0])[0]  # stacked or, unrolled, layer 0's
+        assert pool.sharding.spec[pool.ndim - 2] == "tensor"
+        assert pool.addressable_shards[0].data.shape[pool.ndim - 2] == 1  # 2 KV heads over tensor = 2
     finally:
         ours.close()
         plain.close()

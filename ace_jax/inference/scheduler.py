@@ -252,7 +252,7 @@ class ContinuousScheduler:
                     tables[i, :len(table)] = table
                 routed = any(g.request.return_routed_experts for g in chunk)
                 self.shapes.add(("prefill", b, p, routed))
-                self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables,
+                self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables, eng.layers,
                                                         graphdef=eng.graphdef, routed=routed)
                 if routed:
                     experts = np.asarray(experts)
@@ -300,7 +300,7 @@ class ContinuousScheduler:
         start = time.perf_counter()
         self._kv, ys = paged_steps.decode_chunk(
             eng.state, self._pool(), tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
-            shared, graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
+            shared, eng.layers, graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
         self.decode_chunks += 1
         toks, lps, active, hit = (np.asarray(y) for y in ys[:4])
         experts = np.asarray(ys[4]) if routed else None
@@ -396,20 +396,20 @@ class ContinuousScheduler:
     def _pool(self):
         if self._kv is None:
             model = nnx.merge(self.engine.graphdef, self.engine.state)
-            self._kv = model.init_paged_cache(self.blocks.blocks, self.block_size)
-            sharding = self._pool_sharding()
-            if sharding is not None:
-                self._kv = jax.device_put(self._kv, sharding)
+            self._kv = model.init_paged_cache(self.blocks.blocks, self.block_size,
+                                              per_layer=self.engine.layers is not None)
+            self._kv = self._place_pool(self._kv)
         return self._kv
 
-    def _pool_sharding(self) -> NamedSharding | None:
+    def _place_pool(self, kv):
         """On a mesh: the pool's KV heads (and head_dim) sharded as the served k_proj's."""
         leaf = next(v for p, v in zip(self.engine._paths, jax.tree.leaves(self.engine.state)) if "k_proj" in p)
         sharding = getattr(leaf, "sharding", None)
         if not isinstance(sharding, NamedSharding) or sharding.is_fully_replicated:
-            return None
+            return kv
         spec = tuple(sharding.spec) + (None,) * (4 - len(sharding.spec))  # k_proj [layers, embed, kv_heads, head_dim]
-        return NamedSharding(sharding.mesh, PartitionSpec(None, None, None, spec[2], spec[3]))
+        return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(
+            sharding.mesh, PartitionSpec(*(None,) * (a.ndim - 2), spec[2], spec[3]))), kv)
 
     def _block_bytes(self) -> int:
         cfg = self.engine.config

@@ -1,6 +1,7 @@
 """The compiled device steps of the continuous-batching engine, all on a paged KV pool.
 
-- `prefill`: prompts [B, P] (right-padded) written into their pool blocks; no logits.
+- `prefill`: prompts [B, P] (right-padded) written into their pool blocks from slot `starts`
+  (default 0; a preempted row's generated tokens are recomputed after its prompt); no logits.
 - `copy_blocks`: copy-on-write of forked groups' partial prompt blocks.
 - `decode_chunk`: `steps` decode steps for up to B rows (with `shared`, the (tables, lengths,
   group) of a `SharedPrefix`: `tables` are then the rows' private blocks); each feeds its last token at its
@@ -25,13 +26,14 @@ from ace_jax.models.paged import SharedPrefix
 TRACES = [0]
 
 
-def _prefill(state, pool, ids, lengths, tables, layers=None, *, graphdef, routed: bool):
+def _prefill(state, pool, ids, lengths, tables, layers=None, starts=None, *, graphdef, routed: bool):
     TRACES[0] += 1  # runs only while tracing
     model = nnx.merge(graphdef, state)
     b, p = ids.shape
-    positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    index = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
+    positions = index if starts is None else index + starts[:, None]
     out = model.forward(ids, None, positions, cache=pool, cache_slots=positions, block_tables=tables,
-                        token_valid=positions < lengths[:, None], compute_logits=False, layers=layers)
+                        token_valid=index < lengths[:, None], compute_logits=False, layers=layers)
     return out.cache, (out.router.expert_ids if routed else None)
 
 

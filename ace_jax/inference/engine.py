@@ -62,9 +62,8 @@ class JaxEngine:
                  decode_slots: int | None = None, decode_chunk: int = 8, shared_prefix: str = "auto",
                  unroll_layers: bool | None = None):
         """`moe_backend` (default: the model's) runs the prefill; `decode_moe_backend` the decode
-        steps (default: `dense` on CPU, where a few tokens per step make it the fastest, measured
-        in bench/decode.py; else the prefill's; `measure`: the fastest of a timed MoE block at
-        this model's shapes and decode batch, see `moe_choice`).
+        steps (default: `measure` on CPU, the fastest of a timed MoE block at this model's shapes
+        and decode batch, see `moe_choice`; else the prefill's).
 
         `scheduler="continuous"` keeps a paged KV pool of `kv_pool_tokens` slots (default: the
         largest batch x (largest prompt + generation bucket)) in blocks of `block_size` (one of
@@ -85,7 +84,7 @@ class JaxEngine:
         if moe_backend:
             self.config = self.config.replace(moe_backend=moe_backend)
         if decode_moe_backend is None:
-            decode_moe_backend = "dense" if jax.default_backend() == "cpu" else self.config.moe_backend
+            decode_moe_backend = "measure" if jax.default_backend() == "cpu" else self.config.moe_backend
         if decode_moe_backend == "measure":  # the fastest at this model's shapes, a decode batch
             decode_moe_backend = "dense"
             if self.config.is_moe:

@@ -118,21 +118,21 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
                   ("batch", "seq", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
     new_kv = None
-    if cache_kv is not None and "read_index" in ctx:  # paged: a block pool [blocks, block, K, D]
+    if cache_kv is not None and "read_tables" in ctx:  # paged: a block pool [blocks, block, K, D]
         pool_axes = (None, None, "kv_heads", "head_dim")
         k_pool = constrain(paged.write(cache_kv[0], ctx["write_index"], k), pool_axes)
         v_pool = constrain(paged.write(cache_kv[1], ctx["write_index"], v), pool_axes)
         new_kv = (k_pool, v_pool)
-        k = paged.read(k_pool, ctx["read_index"]).astype(cdt)
-        v = paged.read(v_pool, ctx["read_index"]).astype(cdt)
+        k = paged.read_blocks(k_pool, ctx["read_tables"]).astype(cdt)
+        v = paged.read_blocks(v_pool, ctx["read_tables"]).astype(cdt)
     elif cache_kv is not None:
         slots = ctx["cache_slots"]
         write = jax.vmap(lambda c, s, u: c.at[s].set(u.astype(c.dtype)))
         k_all, v_all = write(cache_kv[0], slots, k), write(cache_kv[1], slots, v)
         new_kv = (k_all, v_all)
         k, v = k_all.astype(cdt), v_all.astype(cdt)
-    if "shared_index" in ctx:  # the groups' prompt keys, read once per group
-        k_shared, v_shared = (paged.read(pool, ctx["shared_index"]).astype(cdt) for pool in new_kv)
+    if "shared_tables" in ctx:  # the groups' prompt keys, read once per group
+        k_shared, v_shared = (paged.read_blocks(pool, ctx["shared_tables"]).astype(cdt) for pool in new_kv)
         attn = attend_shared(q, k_shared, v_shared, ctx["shared_valid"], k, v, ctx["mask"], ctx["shared_prefix"])
     else:
         attn = attend(q, k, v, ctx["mask"])
@@ -303,9 +303,9 @@ class Qwen3ForCausalLM(nnx.Module):
         if cache is not None and block_tables is not None:
             block = cache.slots
             ctx.update(write_index=paged.write_index(block_tables, slots, token_valid, block),
-                       read_index=paged.read_index(block_tables, block))
+                       read_tables=block_tables)
             if shared_prefix is not None:
-                ctx.update(shared_index=paged.read_index(shared_prefix.tables, block),
+                ctx.update(shared_tables=shared_prefix.tables,
                            shared_valid=shared_prefix.valid(block), shared_prefix=shared_prefix)
         x = constrain(self.embed[...].astype(cdt)[input_ids], ("batch", "seq", "embed"))
         new_keys, new_values, all_ids, loads, auxes = [], [], [], [], []

@@ -20,11 +20,10 @@ continuous engine without shared-prefix reads (`shared_prefix="never"`) as a sam
 Last line: `ratio rollout_tokens_per_s <new/old>` (continuous / static) on the last model's last shape
 with both sides run.
 
-Measured (`--quick --shapes code --per-row`, 2 shared cores, load ~10, see README):
-tiny-moe static 567.9 tok/s, continuous 2179.3 (3.84x at 1/4 of the KV: 3.8 vs 15.0 MiB),
-per-row 1400.2; small-moe static 50.1, continuous 94.1 (1.88x, 10.0 vs 40.0 MiB), per-row 90.6.
-Decode chunks were 93% (tiny-moe) and 94% (small-moe) of the continuous scheduler's wall time,
-prefill 6% (small-moe) to ~12% (tiny-moe), host bookkeeping under 1%.
+Measured (`--models M --shapes code`, full code shape, 2 shared cores, nice 19, other jobs
+running): tiny-moe static 673.4 tok/s, continuous 3768.9 (5.60x at 1/4 of the KV: 15.0 vs 60.0
+MiB, 3 preemptions), transformers 447.1; small-moe static 131.2, continuous 450.5 (3.43x, 40.0 vs
+160.0 MiB, 5 preemptions), transformers 328.3. Decode MoE backend measured: `capacity` on both.
 """
 
 from __future__ import annotations

@@ -6,21 +6,24 @@ samples per prompt, temperature 1, stop tokens on (the model's EOS). Each JAX en
 requests once to compile, then is timed once; tokens/s counts generated tokens (stop included).
 KV memory: the static engine's largest batch cache, the continuous engine's pool (sized to
 `--pool-fraction` of the static one, at least one group) and its high-water mark, and
-transformers' cache for all rows. The continuous engine's decode MoE backend is chosen by
-measurement (`decode_moe_backend="measure"`) per model shape.
+transformers' cache for all rows. The continuous engine runs with the engine's defaults (on CPU:
+layers unrolled on per-layer weights and KV, decode MoE backend measured per model shape, lazy
+generation blocks with preemption).
 
-    .venv/bin/python bench/rollout.py [--quick] [--models tiny-moe,small-moe] [--shapes demo,code] [--per-row]
+    .venv/bin/python bench/rollout.py [--quick] [--models tiny-moe,small-moe] [--shapes demo,code]
+        [--sides static,continuous,hf] [--per-row]
 
+`--sides` runs only some of `static`, `continuous`, `per-row`, `hf` (transformers).
 The continuous rows end with the scheduler's wall seconds per phase (prefill, decode chunks,
-host bookkeeping) and its decode batches' fill (live rows / batch slots); `--per-row` adds the
+host bookkeeping), its decode batches' fill (live rows / batch slots) and its preemptions; `--per-row` adds the
 continuous engine without shared-prefix reads (`shared_prefix="never"`) as a same-process A/B.
-Last line: `ratio rollout_tokens_per_s <new/old>` on the last model's last shape.
+Last line: `ratio rollout_tokens_per_s <new/old>` (continuous / static) on the last model's last shape
+with both sides run.
 
-Measured (`--quick --shapes code --per-row`, 2 shared cores, load ~10, see README):
-tiny-moe static 567.9 tok/s, continuous 2179.3 (3.84x at 1/4 of the KV: 3.8 vs 15.0 MiB),
-per-row 1400.2; small-moe static 50.1, continuous 94.1 (1.88x, 10.0 vs 40.0 MiB), per-row 90.6.
-Decode chunks were 93% (tiny-moe) and 94% (small-moe) of the continuous scheduler's wall time,
-prefill 6% (small-moe) to ~12% (tiny-moe), host bookkeeping under 1%.
+Measured (`--models M --shapes code`, full code shape, 2 shared cores, nice 19, other jobs
+running): tiny-moe static 673.4 tok/s, continuous 3768.9 (5.60x at 1/4 of the KV: 15.0 vs 60.0
+MiB, 3 preemptions), transformers 447.1; small-moe static 131.2, continuous 450.5 (3.43x, 40.0 vs
+160.0 MiB, 5 preemptions), transformers 328.3. Decode MoE backend measured: `capacity` on both.
 """
 
 from __future__ import annotations
@@ -93,11 +96,14 @@ def phases(engine: JaxEngine) -> str:
         return "-"
     p = engine.scheduler.profile
     return (f"prefill {p['prefill']:.1f}s decode {p['decode']:.1f}s host {p['host']:.1f}s "
-            f"fill {p['row_steps'] / max(p['batch_steps'], 1):.2f}")
+            f"fill {p['row_steps'] / max(p['batch_steps'], 1):.2f} preempted {p['preemptions']}")
+
+
+SIDES = ("static", "continuous", "per-row", "hf")
 
 
 def bench(name: str, shape: str, dims: tuple[int, int, int, int], pool_fraction: float,
-          per_row: bool = False) -> list[dict]:
+          sides: tuple[str, ...] = ("static", "continuous", "hf")) -> list[dict]:
     n_prompts, plen, g, new = dims
     cfg = get_config(name)
     hf_model = random_hf_model(cfg, seed=0)
@@ -110,26 +116,25 @@ def bench(name: str, shape: str, dims: tuple[int, int, int, int], pool_fraction:
     static_tokens = buckets.max_batch * (pick(plen, buckets.prompt, "prompt") + pick(new, buckets.generate, "new"))
     group_tokens = BLOCK * ((plen - 1) // BLOCK + g * (blocks_for(plen - 1 + new, BLOCK) - (plen - 1) // BLOCK))
     pool = max(int(static_tokens * pool_fraction), group_tokens + BLOCK)  # one block is the trash block
+    options = {"static": dict(scheduler="static"), "continuous": dict(kv_pool_tokens=pool),
+               # same-process A/B: the continuous engine reading every row's whole table
+               "per-row": dict(kv_pool_tokens=pool, shared_prefix="never")}
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         hf_model.save_pretrained(tmp)
-        engines = {"static": JaxEngine.from_hf(tmp, buckets=buckets, scheduler="static"),
-                   "continuous": JaxEngine.from_hf(tmp, buckets=buckets, kv_pool_tokens=pool,
-                                                   decode_moe_backend="measure")}
-        if per_row:  # same-process A/B: the continuous engine reading every row's whole table
-            engines["per-row"] = JaxEngine.from_hf(tmp, buckets=buckets, kv_pool_tokens=pool,
-                                                   decode_moe_backend="measure", shared_prefix="never")
-    for label, engine in engines.items():
-        compile_s, seconds, tokens = run_engine(engine, requests)
-        kv = engine.kv_bytes()
-        out.append(dict(model=name, shape=shape, engine=label, backend=engine.decode_moe_backend, compile_s=compile_s,
-                        seconds=seconds, tokens=tokens, kv=kv["reserved"], kv_peak=kv["peak"],
-                        shapes=len(engine.compiled_shapes), phases=phases(engine)))
-        engine.close()
-    seconds, tokens = run_hf(hf_model, prompts, g, new, cfg.eos_token_id)
-    hf_kv = rows * (plen + new) * kv_token_bytes(cfg)
-    out.append(dict(model=name, shape=shape, engine="hf-generate", backend="-", compile_s=0.0, seconds=seconds,
-                    tokens=tokens, kv=hf_kv, kv_peak=hf_kv, shapes=0, phases="-"))
+        for label in [s for s in SIDES if s in sides and s in options]:  # one engine alive at a time
+            engine = JaxEngine.from_hf(tmp, buckets=buckets, **options[label])
+            compile_s, seconds, tokens = run_engine(engine, requests)
+            kv = engine.kv_bytes()
+            out.append(dict(model=name, shape=shape, engine=label, backend=engine.decode_moe_backend,
+                            compile_s=compile_s, seconds=seconds, tokens=tokens, kv=kv["reserved"], kv_peak=kv["peak"],
+                            shapes=len(engine.compiled_shapes), phases=phases(engine)))
+            engine.close()
+    if "hf" in sides:
+        seconds, tokens = run_hf(hf_model, prompts, g, new, cfg.eos_token_id)
+        hf_kv = rows * (plen + new) * kv_token_bytes(cfg)
+        out.append(dict(model=name, shape=shape, engine="hf-generate", backend="-", compile_s=0.0, seconds=seconds,
+                        tokens=tokens, kv=hf_kv, kv_peak=hf_kv, shapes=0, phases="-"))
     return out
 
 
@@ -142,7 +147,13 @@ def main() -> int:
                         help="continuous engine's KV pool as a fraction of the static engine's cache")
     parser.add_argument("--per-row", action="store_true",
                         help="also run the continuous engine without shared-prefix reads (shared_prefix='never')")
+    parser.add_argument("--sides", default="static,continuous,hf",
+                        help=f"comma-separated sides to run, of {','.join(SIDES)}")
     args = parser.parse_args()
+    sides = tuple(args.sides.split(",")) + (("per-row",) if args.per_row else ())
+    bad = sorted(set(sides) - set(SIDES))
+    if bad:
+        parser.error(f"unknown sides {bad}; allowed: {list(SIDES)}")
     transformers.utils.logging.disable_progress_bar()
     table = QUICK if args.quick else SHAPES
     print(f"torch threads {torch.get_num_threads()}, cpu count {os.cpu_count()}; shapes (prompts, prompt, G, new): "
@@ -152,15 +163,16 @@ def main() -> int:
     ratio = None
     for name in args.models.split(","):
         for shape in args.shapes.split(","):
-            rows = bench(name, shape, table[shape], args.pool_fraction, args.per_row)
-            static_tps = rows[0]["tokens"] / rows[0]["seconds"]
+            rows = bench(name, shape, table[shape], args.pool_fraction, sides)
+            tps = {r["engine"]: r["tokens"] / r["seconds"] for r in rows}
             for r in rows:
-                tps = r["tokens"] / r["seconds"]
+                vs = f"{tps[r['engine']] / tps['static']:>9.2f}" if "static" in tps else f"{'-':>9}"
                 print(f"{r['model']:<10} {r['shape']:<5} {r['engine']:<11} {r['backend']:<10} {r['compile_s']:>9.1f} "
-                      f"{r['seconds']:>7.2f} {r['tokens']:>6} {tps:>8.1f} {r['kv'] / MIB:>8.1f} "
-                      f"{r['kv_peak'] / MIB:>11.1f} {r['shapes']:>6} {tps / static_tps:>9.2f}  {r['phases']}", flush=True)
-            ratio = (rows[1]["tokens"] / rows[1]["seconds"]) / static_tps
-    print(f"ratio rollout_tokens_per_s {ratio:.3f}")
+                      f"{r['seconds']:>7.2f} {r['tokens']:>6} {tps[r['engine']]:>8.1f} {r['kv'] / MIB:>8.1f} "
+                      f"{r['kv_peak'] / MIB:>11.1f} {r['shapes']:>6} {vs}  {r['phases']}", flush=True)
+            if "static" in tps and "continuous" in tps:
+                ratio = tps["continuous"] / tps["static"]
+    print(f"ratio rollout_tokens_per_s {ratio:.3f}" if ratio is not None else "ratio rollout_tokens_per_s n/a")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -56,6 +57,26 @@ def test_paged_equals_contiguous(model, paged):
     assert 0 < paged.kv_bytes()["peak"] <= paged.kv_bytes()["reserved"]
 
 
+def test_unrolled_layers_equal_scanned(model, paged):
+    """Per-layer weights and KV buffers with the layers unrolled (the CPU default) give the scanned,
+    stacked engine's tokens, logprobs (1e-5, fp32) and routed experts, with and without shared reads."""
+    assert paged.unroll_layers and isinstance(paged.scheduler._pool().keys[0], tuple)
+    for mode in ("auto", "always"):
+        scanned = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256,
+                            shared_prefix=mode, unroll_layers=False)
+        unrolled = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256,
+                             shared_prefix=mode, unroll_layers=True)
+        try:
+            assert scanned.layers is None and not isinstance(scanned.scheduler._pool().keys[0], tuple)
+            reqs = requests(n=2)
+            for ours, theirs in zip(unrolled.generate(reqs), scanned.generate(reqs)):
+                for a, b in zip(ours, theirs):
+                    assert_same(a, b)
+        finally:
+            scanned.close()
+            unrolled.close()
+
+
 def test_fork_equals_independent_rows(paged):
     """A request with n = 3 prefills its prompt once and forks it; sample j equals a single request
     seeded seed + j, in tokens, logprobs and routed experts."""
@@ -106,6 +127,40 @@ def test_long_row_does_not_block_finished_rows(model):
         engine.close()
 
 
+def test_preempted_groups_equal_an_unpreempted_run(model, paged):
+    """A pool that holds one largest group (11 blocks of 4, + trash) must preempt: the latest
+    admitted group is freed and re-admitted (prompt prefilled again, generated tokens recomputed),
+    and every completion equals the large pool's in tokens, logprobs (1e-5) and routed experts."""
+    small = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=48)
+    try:
+        reqs = [GenerateRequest(p, SamplingParams(temperature=1.0, max_new_tokens=16, seed=3 + i, ignore_eos=True),
+                                n=2, return_routed_experts=True) for i, p in enumerate(PROMPTS)]
+        for ours, theirs in zip(small.generate(reqs), paged.generate(reqs)):
+            for a, b in zip(ours, theirs):
+                assert_same(a, b)
+        assert small.scheduler.preemptions > 0 and small.scheduler.profile["preemptions"] == small.scheduler.preemptions
+        assert any(s[0] == "recompute" for s in small.compiled_shapes)
+        assert small.scheduler.blocks.used == 0
+    finally:
+        small.close()
+
+
+def test_generation_blocks_are_allocated_as_rows_grow(model):
+    """Admission takes a group's prompt blocks and its first chunk's blocks, not its whole generation."""
+    from ace_jax.inference.scheduler import _Group, _Job
+
+    engine = JaxEngine(model, buckets=BUCKETS, block_size=4, decode_chunk=4, kv_pool_tokens=256)
+    try:
+        req = GenerateRequest([5, 6, 7, 8, 9], SamplingParams(temperature=0.0, max_new_tokens=16, ignore_eos=True), n=2)
+        # Prefix 4 (one shared block); the first chunk feeds positions 4..7: one private block each.
+        assert engine.scheduler._admit_need(_Group(_Job([[None, None]], 2), 0, req, (), [0, 1])) == 1 + 2 * 1
+        engine.generate([req])
+        assert engine.scheduler.blocks.peak_used == 1 + 2 * 4  # at the end: slots 0..19, 5 blocks a row
+        assert engine.scheduler.blocks.used == 0
+    finally:
+        engine.close()
+
+
 def test_pool_too_small_is_a_clear_error(model):
     engine = JaxEngine(model, buckets=BUCKETS, block_size=4, kv_pool_tokens=16)
     try:
@@ -131,9 +186,18 @@ def test_paged_pool_on_a_mesh_shards_kv_heads(tmp_path, model):
         for a, b in zip(ours.generate(reqs), plain.generate(reqs)):
             for x, y in zip(a, b):
                 assert_same(x, y)
-        pool = ours.scheduler._kv.keys[0]
-        assert pool.sharding.spec[3] == "tensor"
-        assert pool.addressable_shards[0].data.shape[3] == 1  # 2 KV heads over tensor = 2
+        pool = jax.tree.leaves(ours.scheduler._kv.keys[0])[0]  # stacked or, unrolled, layer 0's
+        assert pool.sharding.spec[pool.ndim - 2] == "tensor"
+        assert pool.addressable_shards[0].data.shape[pool.ndim - 2] == 1  # 2 KV heads over tensor = 2
     finally:
         ours.close()
         plain.close()
+
+
+def test_block_reads_equal_slot_reads():
+    """Gathering whole blocks then flattening equals the per-slot gather through the same tables."""
+    from ace_jax.models import paged as pg
+
+    pool = jax.random.normal(jax.random.key(0), (9, 4, 2, 3))
+    tables = np.array([[3, 1, 0], [8, 2, 5]], np.int32)
+    np.testing.assert_array_equal(pg.read_blocks(pool, tables), pg.read(pool, pg.read_index(tables, 4)))

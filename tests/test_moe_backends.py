@@ -135,3 +135,33 @@ def test_block_matmul_equals_gathered_weights_in_values_and_gradients():
 
 def test_block_size_follows_the_mean_group():
     assert moe.block_size(8192, 32) == 128 and moe.block_size(32, 32) == 8 and moe.block_size(600, 8) == 64
+
+
+@pytest.mark.parametrize("overflow", [False, True])
+def test_capacity_backend_is_dropless_and_equals_dense(overflow):
+    """The capacity buffer path (every expert within C) and the overflow path (one expert gets
+    every token: redone densely) both equal `dense` in values and gradients (fp32, 1e-5)."""
+    x, router, gate, up, down = _weights(seed=2, n=48, e=32)
+    top_k = 2
+    forced = jnp.stack([jnp.zeros(48, jnp.int32), jnp.arange(48) % 31 + 1], 1) if overflow else None
+    ids = moe_block(x, router, gate, up, down, top_k=top_k, norm_topk_prob=True, forced_ids=forced)[1]
+    most = int(np.bincount(np.asarray(ids).ravel(), minlength=32).max())
+    cap = moe.capacity(48 * top_k, 32)
+    assert cap < 48 and (most > cap) == overflow
+
+    def loss(backend_name, *a):
+        y = moe_block(*a, top_k=top_k, norm_topk_prob=True, backend=backend_name, forced_ids=forced)[0]
+        return jnp.sum(jnp.sin(y)), y
+
+    grad = jax.value_and_grad(loss, argnums=(1, 2, 3, 4, 5), has_aux=True)
+    (_, y_ref), g_ref = grad("dense", x, router, gate, up, down)
+    (_, y_cap), g_cap = jax.jit(grad, static_argnums=0)("capacity", x, router, gate, up, down)
+    np.testing.assert_allclose(y_cap, y_ref, atol=1e-5, rtol=0)
+    for a, b in zip(g_cap, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_capacity_is_a_bucketed_multiple_of_the_mean_group():
+    assert moe.capacity(32 * 4, 32) == 16   # mean 4 -> 4 x 4
+    assert moe.capacity(24 * 4, 32) == 16   # mean 3 -> 12 -> 16
+    assert moe.capacity(2, 64) == 4

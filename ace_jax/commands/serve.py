@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sampling-defaults", default="model", choices=["model", "openai"],
                         help="defaults for sampling fields a request omits (as SGLang's flag)")
     parser.add_argument("--moe-backend", default=None, help="MoE backend for the prefill (default: the model's)")
-    parser.add_argument("--decode-moe-backend", default=None, help="MoE backend for decode steps (default: dense on CPU)")
+    parser.add_argument("--decode-moe-backend", default=None, help="MoE backend for decode steps (default: measured per model shape on CPU, see inference/moe_choice.py)")
     parser.add_argument("--seed", type=int, default=0, help="seed for requests without sampling_seed")
     parser.add_argument("--served-model-name", default=None,
                         help="the model id of the OpenAI routes (default: the --hf path, as SGLang)")

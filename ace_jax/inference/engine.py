@@ -59,11 +59,11 @@ class JaxEngine:
                  seed: int = 0, max_stop_ids: int = 16, model_path: str | None = None,
                  moe_backend: str | None = None, decode_moe_backend: str | None = None,
                  scheduler: str = "continuous", kv_pool_tokens: int | None = None, block_size: int = 16,
-                 decode_slots: int | None = None, decode_chunk: int = 8, shared_prefix: str = "auto"):
+                 decode_slots: int | None = None, decode_chunk: int = 8, shared_prefix: str = "auto",
+                 unroll_layers: bool | None = None):
         """`moe_backend` (default: the model's) runs the prefill; `decode_moe_backend` the decode
-        steps (default: `dense` on CPU, where a few tokens per step make it the fastest, measured
-        in bench/decode.py; else the prefill's; `measure`: the fastest of a timed MoE block at
-        this model's shapes and decode batch, see `moe_choice`).
+        steps (default: `measure` on CPU, the fastest of a timed MoE block at this model's shapes
+        and decode batch, see `moe_choice`; else the prefill's).
 
         `scheduler="continuous"` keeps a paged KV pool of `kv_pool_tokens` slots (default: the
         largest batch x (largest prompt + generation bucket)) in blocks of `block_size` (one of
@@ -71,7 +71,12 @@ class JaxEngine:
         to `decode_slots` rows (default: the largest batch bucket) in chunks of `decode_chunk`
         steps, reading a group's shared prompt blocks once for all its rows (`shared_prefix`:
         `auto`, `always` or `never`, see `scheduler`); `scheduler="static"` is the bucketed
-        whole-batch engine."""
+        whole-batch engine.
+
+        `unroll_layers` (continuous only; default: on CPU) splits the stacked layer weights once
+        per weight load into one array per layer and runs prefill and decode unrolled on a per-layer
+        KV pool (`Qwen3ForCausalLM.layer_params`): no step copies a layer's weights out of the stack.
+        The per-layer copies add one copy of the layer weights to the engine's memory."""
         if scheduler not in ("continuous", "static"):
             raise ValueError(f"scheduler must be 'continuous' or 'static', got {scheduler!r}")
         self.config = model.config
@@ -79,7 +84,7 @@ class JaxEngine:
         if moe_backend:
             self.config = self.config.replace(moe_backend=moe_backend)
         if decode_moe_backend is None:
-            decode_moe_backend = "dense" if jax.default_backend() == "cpu" else self.config.moe_backend
+            decode_moe_backend = "measure" if jax.default_backend() == "cpu" else self.config.moe_backend
         if decode_moe_backend == "measure":  # the fastest at this model's shapes, a decode batch
             decode_moe_backend = "dense"
             if self.config.is_moe:
@@ -91,6 +96,11 @@ class JaxEngine:
         self.decode_graphdef = _graph(self.config.replace(moe_backend=decode_moe_backend))
         self.state = nnx.split(model)[1]
         self._paths, self._treedef = _flatten(self.state)
+        if unroll_layers is None:
+            unroll_layers = jax.default_backend() == "cpu"
+        self.unroll_layers = bool(unroll_layers) and scheduler == "continuous"
+        self.layers = None
+        self._split_layers()
         eos = self.config.eos_token_id if eos_token_ids is None else eos_token_ids
         self.eos_token_ids = tuple(sorted({int(e) for e in ([eos] if isinstance(eos, int) else eos or ())}))
         self.weight_version = weight_version
@@ -209,6 +219,7 @@ class JaxEngine:
                 self._host_state = jax.device_get(state)
             else:
                 self.state = state
+                self._split_layers()
             self._updates += 1
             self.weight_version = str(weight_version) if weight_version is not None else str(self._updates)
             return self.weight_version
@@ -221,6 +232,7 @@ class JaxEngine:
             self.scheduler.close()
         with self._lock:
             self.state = None
+            self.layers = None
             self._host_state = None
 
     # ------------------------------------------------------------------------- memory
@@ -235,6 +247,7 @@ class JaxEngine:
             if "weights" in tags and self.state is not None:
                 self._host_state = jax.device_get(self.state)
                 self.state = None
+                self.layers = None
             if "kv_cache" in tags and self.scheduler is not None:
                 self.scheduler.drop_pool()
 
@@ -244,8 +257,15 @@ class JaxEngine:
             if "weights" in tags and self.state is None and self._host_state is not None:
                 self.state = jax.tree.map(jnp.asarray, self._host_state)
                 self._host_state = None
+                self._split_layers()
 
     # ------------------------------------------------------------------------- internals
+    def _split_layers(self) -> None:
+        """Per-layer weights for the unrolled paged steps, split once from the served state."""
+        self.layers = None
+        if self.unroll_layers and self.state is not None:
+            self.layers = nnx.merge(self.graphdef, self.state).layer_params()
+
     def _rows(self, requests: Sequence[GenerateRequest]) -> list[_Row]:
         cfg = self.config
         rows = []

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from ace_jax.models.config import Qwen3Config
 from ace_jax.models.moe import moe_block
 
-DECODE_CANDIDATES = ("dense", "blocked", "ragged", "sparse")
+DECODE_CANDIDATES = ("dense", "blocked", "ragged", "sparse", "capacity")
 _CHOICES: dict[tuple, tuple[str, dict[str, float]]] = {}
 
 

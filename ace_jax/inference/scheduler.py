@@ -2,8 +2,13 @@
 
 A request with n samples is a group: its prompt (all but the last token) is prefilled once into
 pool blocks that its n samples reference; a partial last prompt block is copied per sample
-(copy-on-write). A group is admitted when the pool can hold its whole reservation (prompt +
-n x generation blocks), so a running row never waits for memory. Up to `slots` samples decode
+(copy-on-write). Generation blocks are allocated lazily: a group is admitted when the pool holds
+its prompt blocks and each sample's blocks for its first chunk (plus one spare block per live
+row), and before each chunk every running row gets the blocks that chunk reaches. When the pool
+runs short, the most recently admitted group is preempted (its blocks freed, the group put back at
+the head of the queue); re-admitted, its prompt is prefilled again and each sample's generated
+tokens are recomputed (`paged_steps.prefill` from the prompt's end), and decoding continues with
+the same per-sample keys, so its completions equal an un-preempted run's. Up to `slots` samples decode
 together in compiled chunks of `chunk_steps` steps; between chunks finished rows leave, their
 blocks return to the pool, and waiting rows take their slots. A chunk's block tables cover only
 the slots its rows reach; with `shared_prefix` (`auto`: at least SHARED_MIN_ROWS rows per group)
@@ -48,7 +53,7 @@ class _Job:
     future: Future = dataclasses.field(default_factory=Future)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Group:
     """One request: its prompt blocks (shared by its samples) and its samples."""
 
@@ -60,6 +65,12 @@ class _Group:
     shared: list[int] = dataclasses.field(default_factory=list)
     prompt_experts: np.ndarray | None = None
     samples: list["_Sample"] = dataclasses.field(default_factory=list)
+    admitted: int = 0  # admission order (the latest admitted group is preempted first)
+
+    @property
+    def live(self) -> list["_Sample"]:
+        """Samples still generating."""
+        return [s for s in self.samples if not s.finished]
 
     @property
     def prefix(self) -> int:
@@ -67,7 +78,7 @@ class _Group:
         return len(self.request.input_ids) - 1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Sample:
     group: _Group
     index: int
@@ -75,6 +86,7 @@ class _Sample:
     tokens: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
     experts: list[np.ndarray] = dataclasses.field(default_factory=list)
+    finished: bool = False
 
     @property
     def table(self) -> list[int]:
@@ -106,6 +118,8 @@ class ContinuousScheduler:
         self.blocks = BlockPool(pool_blocks)
         self.shapes: set[tuple] = set()  # compiled (kind, shape...) keys seen
         self.decode_chunks = 0
+        self.preemptions = 0  # groups preempted (freed and queued again) for lack of KV blocks
+        self._admissions = 0
         # Wall seconds of the worker: `prefill` (prefill + fork, waited for), `decode` (decode chunks
         # until their outputs reach the host), `host` (the rest: admission, tables, bookkeeping);
         # `row_steps` / `batch_steps`: decode steps of live rows / of the padded batches.
@@ -184,10 +198,12 @@ class ContinuousScheduler:
 
     def _tick(self) -> None:
         start, device = time.perf_counter(), 0.0
+        self._grow()
         admitted = self._admit()
         if admitted:
             self._prefill(admitted)
             self._fork(admitted)
+            self._recompute(admitted)
             jax.block_until_ready(self._kv)
             device = time.perf_counter() - start
             self.profile["prefill"] += device
@@ -203,16 +219,33 @@ class ContinuousScheduler:
         return full, blocks_for(group.prefix + group.request.sampling.max_new_tokens, self.block_size)
 
     def _blocks_needed(self, group: _Group) -> int:
+        """Blocks of a group's whole generation (it must fit the pool alone)."""
         full, total = self._layout(group)
         return full + group.request.n * (total - full)
 
+    def _chunk_blocks(self, s: _Sample) -> int:
+        """Blocks of a sample's table (shared + private) that its next chunk reaches."""
+        g = s.group
+        return min(blocks_for(g.prefix + len(s.tokens) + self.chunk_steps, self.block_size), self._layout(g)[1])
+
+    def _admit_need(self, group: _Group) -> int:
+        """Blocks to admit a group: its prompt blocks and each live sample's first chunk."""
+        full = self._layout(group)[0]
+        if not group.samples:
+            group.samples = [_Sample(group, j, []) for j in range(group.request.n)]
+        return full + sum(self._chunk_blocks(s) - full for s in group.live)
+
     def _admit(self) -> list[_Group]:
-        """Take queued groups (FIFO) while the pool holds their reservations and slots wait for rows."""
+        """Take queued groups (FIFO) while the pool holds their first chunks, with one spare block
+        per live row for the next growth, and slots wait for rows."""
         admitted = []
         with self._cond:
             while self._pending and len(self._waiting) < self.slots:  # admitted samples wait there
                 group = self._pending[0]
-                if self._blocks_needed(group) > self.blocks.free:
+                need = self._admit_need(group)
+                busy = self._running or self._waiting or admitted
+                spare = len(self._running) + len(self._waiting) + len(group.live) if busy else 0
+                if need + spare > self.blocks.free:
                     break
                 self._pending.popleft()
                 group.job.version = self.engine.weight_version  # the weights it runs with (lock held)
@@ -221,19 +254,54 @@ class ContinuousScheduler:
         return admitted
 
     def _allocate(self, group: _Group) -> None:
-        n = group.request.n
-        full, total = self._layout(group)
+        full = self._layout(group)[0]
+        live = group.live
         group.shared = self.blocks.allocate(full)
-        self.blocks.share(group.shared, n - 1)  # one reference per sample
-        group.samples = [_Sample(group, j, self.blocks.allocate(total - full)) for j in range(n)]
-        self._waiting.extend(group.samples)
+        self.blocks.share(group.shared, len(live) - 1)  # one reference per live sample
+        for s in live:
+            s.private = self.blocks.allocate(self._chunk_blocks(s) - full)
+        self._admissions += 1
+        group.admitted = self._admissions
+        self._waiting.extend(live)
+
+    def _grow(self) -> None:
+        """Give each running row the blocks its next chunk reaches, preempting the most recently
+        admitted group while the pool is short."""
+        for s in list(self._running):
+            if s not in self._running:  # preempted with its group
+                continue
+            while (short := self._chunk_blocks(s) - len(s.table)) > self.blocks.free:
+                self._preempt()
+                if s not in self._running:
+                    break
+            else:
+                s.private += self.blocks.allocate(short) if short > 0 else []
+
+    def _preempt(self) -> None:
+        """Free the latest admitted group's blocks and queue it again first (its samples keep their
+        tokens, logprobs and experts; re-admission recomputes their KV)."""
+        groups = {id(s.group): s.group for s in [*self._running, *self._waiting]}
+        if len(groups) < 2:
+            raise RuntimeError("KV pool exhausted by a single group (its reservation was checked at submit)")
+        victim = max(groups.values(), key=lambda g: g.admitted)
+        for s in victim.live:
+            self.blocks.release(s.private)
+            self.blocks.release(victim.shared)
+            s.private = []
+        victim.shared = []
+        self._running = [s for s in self._running if s.group is not victim]
+        self._waiting = collections.deque(s for s in self._waiting if s.group is not victim)
+        with self._cond:
+            self._pending.appendleft(victim)
+        self.preemptions += 1
+        self.profile["preemptions"] += 1
 
     def _prefill(self, groups: list[_Group]) -> None:
-        """Write each group's prompt prefix once into its blocks (sample 0's table)."""
+        """Write each group's prompt prefix once into its blocks (its first live sample's table)."""
         eng, bs = self.engine, self.block_size
         todo = [g for g in groups if g.prefix > 0]
         for g in groups:
-            if g.prefix == 0:
+            if g.prefix == 0 and g.prompt_experts is None:
                 g.prompt_experts = self._no_experts()
         by_len: dict[int, list[_Group]] = collections.defaultdict(list)
         for g in todo:
@@ -248,21 +316,22 @@ class ContinuousScheduler:
                 for i, g in enumerate(chunk):
                     ids[i, :g.prefix] = g.request.input_ids[:-1]
                     lengths[i] = g.prefix
-                    table = g.samples[0].table[:blocks_for(g.prefix, bs)]
+                    table = g.live[0].table[:blocks_for(g.prefix, bs)]
                     tables[i, :len(table)] = table
-                routed = any(g.request.return_routed_experts for g in chunk)
+                routed = any(g.request.return_routed_experts and g.prompt_experts is None for g in chunk)
                 self.shapes.add(("prefill", b, p, routed))
-                self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables,
+                self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables, eng.layers,
                                                         graphdef=eng.graphdef, routed=routed)
                 if routed:
                     experts = np.asarray(experts)
                     for i, g in enumerate(chunk):
-                        g.prompt_experts = experts[i, :g.prefix]
+                        if g.prompt_experts is None:
+                            g.prompt_experts = experts[i, :g.prefix]
 
     def _fork(self, groups: list[_Group]) -> None:
         """Copy-on-write: each sample beyond the first gets its own copy of the partial prompt block."""
-        pairs = [(g.samples[0].private[0], s.private[0]) for g in groups if g.prefix % self.block_size
-                 for s in g.samples[1:]]
+        pairs = [(g.live[0].private[0], s.private[0]) for g in groups if g.prefix % self.block_size
+                 for s in g.live[1:]]
         if not pairs:
             return
         width = 1 << (len(pairs) - 1).bit_length()
@@ -270,6 +339,30 @@ class ContinuousScheduler:
         src[:len(pairs)], dst[:len(pairs)] = zip(*pairs)
         self.shapes.add(("copy", width))
         self._kv = paged_steps.copy_blocks(self._pool(), src, dst)
+
+    def _recompute(self, groups: list[_Group]) -> None:
+        """Re-admitted samples: write the KV of their fed tokens (the prompt's last, then all generated
+        but the last) from the prompt's end, through their own tables."""
+        eng = self.engine
+        rows = [s for g in groups for s in g.live if s.tokens]
+        lengths = sorted(set(eng.buckets.prompt) | set(eng.buckets.generate))
+        by_len: dict[int, list[_Sample]] = collections.defaultdict(list)
+        for s in rows:
+            by_len[pick(len(s.tokens), lengths, "generated length")].append(s)
+        for p, ss in sorted(by_len.items()):
+            for start in range(0, len(ss), eng.buckets.max_batch):
+                chunk = ss[start:start + eng.buckets.max_batch]
+                b = pick(len(chunk), eng.buckets.batch, "batch size")
+                ids, lens, starts = np.zeros((b, p), np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32)
+                width = quarter_octave(max(len(s.table) for s in chunk))
+                tables = np.zeros((b, width), np.int32)
+                for i, s in enumerate(chunk):
+                    fed = [s.group.request.input_ids[-1], *s.tokens[:-1]]
+                    ids[i, :len(fed)], lens[i], starts[i] = fed, len(fed), s.group.prefix
+                    tables[i, :len(s.table)] = s.table
+                self.shapes.add(("recompute", b, p, width))
+                self._kv, _ = paged_steps.prefill(eng.state, self._pool(), ids, lens, tables, eng.layers, starts,
+                                                  graphdef=eng.graphdef, routed=False)
 
     def _decode(self) -> float:
         """One decode chunk of the running rows; returns its seconds on the device."""
@@ -300,7 +393,7 @@ class ContinuousScheduler:
         start = time.perf_counter()
         self._kv, ys = paged_steps.decode_chunk(
             eng.state, self._pool(), tok, pos, gen, done, max_new, stop, temp, top_k, top_p, min_p, seeds, tables,
-            shared, graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
+            shared, eng.layers, graphdef=eng.decode_graphdef, steps=self.chunk_steps, routed=routed)
         self.decode_chunks += 1
         toks, lps, active, hit = (np.asarray(y) for y in ys[:4])
         experts = np.asarray(ys[4]) if routed else None
@@ -336,12 +429,13 @@ class ContinuousScheduler:
         `SharedPrefix` arrays (tables, lengths, group, member, grid) when it reads prompts once per group
         (the tables then hold the private blocks only), else None."""
         bs = self.block_size
-        need = [min(len(s.table), blocks_for(int(p) + self.chunk_steps, bs)) for s, p in zip(rows, pos)]
+        need = [self._chunk_blocks(s) for s in rows]
+        total = max(self._layout(s.group)[1] for s in rows)  # the widest table a row can reach
         groups = list({id(s.group): s.group for s in rows}.values())
         widest = max(len(g.shared) for g in groups)
         if self.shared_prefix == "never" or widest == 0 or (
                 self.shared_prefix == "auto" and len(groups) * SHARED_MIN_ROWS > len(rows)):
-            tables = np.zeros((b, _width(max(need), max(len(s.table) for s in rows))), np.int32)
+            tables = np.zeros((b, _width(max(need), total)), np.int32)
             for i, (s, n) in enumerate(zip(rows, need)):
                 tables[i, :n] = s.table[:n]
             return tables, None
@@ -352,7 +446,8 @@ class ContinuousScheduler:
             prefix[u, :len(g.shared)] = g.shared
             lengths[u] = len(g.shared) * bs
         private = [n - len(s.group.shared) for s, n in zip(rows, need)]
-        tables = np.zeros((b, _width(max(private), max(len(s.private) for s in rows), MIN_TABLE // 2)), np.int32)
+        most = max(self._layout(s.group)[1] - len(s.group.shared) for s in rows)
+        tables = np.zeros((b, _width(max(private), most, MIN_TABLE // 2)), np.int32)
         group, member = np.zeros(b, np.int32), np.zeros(b, np.int32)
         counts = [0] * len(groups)
         for i, (s, n) in enumerate(zip(rows, private)):
@@ -368,6 +463,7 @@ class ContinuousScheduler:
         g = s.group
         self.blocks.release(s.private)
         self.blocks.release(g.shared)
+        s.finished = True
         experts = None
         if g.request.return_routed_experts:
             experts = np.concatenate([g.prompt_experts, np.stack(s.experts)]).astype(np.int32)
@@ -396,20 +492,20 @@ class ContinuousScheduler:
     def _pool(self):
         if self._kv is None:
             model = nnx.merge(self.engine.graphdef, self.engine.state)
-            self._kv = model.init_paged_cache(self.blocks.blocks, self.block_size)
-            sharding = self._pool_sharding()
-            if sharding is not None:
-                self._kv = jax.device_put(self._kv, sharding)
+            self._kv = model.init_paged_cache(self.blocks.blocks, self.block_size,
+                                              per_layer=self.engine.layers is not None)
+            self._kv = self._place_pool(self._kv)
         return self._kv
 
-    def _pool_sharding(self) -> NamedSharding | None:
+    def _place_pool(self, kv):
         """On a mesh: the pool's KV heads (and head_dim) sharded as the served k_proj's."""
         leaf = next(v for p, v in zip(self.engine._paths, jax.tree.leaves(self.engine.state)) if "k_proj" in p)
         sharding = getattr(leaf, "sharding", None)
         if not isinstance(sharding, NamedSharding) or sharding.is_fully_replicated:
-            return None
+            return kv
         spec = tuple(sharding.spec) + (None,) * (4 - len(sharding.spec))  # k_proj [layers, embed, kv_heads, head_dim]
-        return NamedSharding(sharding.mesh, PartitionSpec(None, None, None, spec[2], spec[3]))
+        return jax.tree.map(lambda a: jax.device_put(a, NamedSharding(
+            sharding.mesh, PartitionSpec(*(None,) * (a.ndim - 2), spec[2], spec[3]))), kv)
 
     def _block_bytes(self) -> int:
         cfg = self.engine.config

@@ -8,7 +8,7 @@ import os
 from typing import Any, Mapping
 
 MODEL_TYPES = ("qwen3", "qwen3_moe")
-MOE_BACKENDS = ("auto", "dense", "ragged", "blocked", "gmm", "sparse")
+MOE_BACKENDS = ("auto", "dense", "ragged", "blocked", "gmm", "sparse", "capacity")
 REMAT_POLICIES = ("none", "full", "dots")
 DTYPES = ("float32", "bfloat16", "float16")
 ROUTER_DTYPES = ("compute", "float32")

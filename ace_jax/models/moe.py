@@ -9,6 +9,10 @@ Backends (all dropless, equal in values and gradients; `dense` is the reference)
 - `sparse`: each (token, slot) pair gathers its expert's weights and runs only that expert: no
   padding and no unrouted experts, but N*k weight gathers; for decode batches with fewer pairs
   than experts (N * k < E), where every other backend reads or computes all experts.
+- `capacity`: each (token, slot) pair placed at its rank within its expert in a fixed
+  [E, C, H] buffer (C = `capacity(N*k, E)`), one batched matmul per projection over all experts,
+  gathered back with the routing weights; when an expert gets more than C pairs the whole block
+  runs `dense` instead (a `lax.cond`), so it stays dropless. For decode batches on CPU.
 - `gmm`: sort by expert and run `moe_gmm.grouped_matmul` (custom VJP of three grouped matmuls:
   the Pallas megablox kernels on TPU targets, tokamax's kernels on GPU, `ragged_dot` elsewhere).
 
@@ -144,12 +148,45 @@ def _expert_ffn_blocked(x, routing, gate, up, down):
     return jnp.zeros_like(x).at[token_of].add(out)
 
 
+CAPACITY_FACTOR = 4.0
+
+
+def capacity(n_pairs: int, num_experts: int, factor: float = CAPACITY_FACTOR) -> int:
+    """Buffer rows per expert for the `capacity` backend: `factor` x the mean group (N*k/E),
+    rounded up to a power of two (bounded compiles), at least 4."""
+    mean = factor * n_pairs / max(num_experts, 1)
+    return max(4, 1 << max(int(-(-mean // 1)) - 1, 0).bit_length())
+
+
+def _expert_ffn_capacity(x, routing, gate, up, down):
+    n, top_k = routing.ids.shape
+    num_experts = gate.shape[0]
+    cap = capacity(n * top_k, num_experts)
+    if cap >= n:  # a buffer as large as every token on every expert: dense is no more work
+        return _expert_ffn_dense(x, routing, gate, up, down)
+    flat = routing.ids.reshape(-1)
+    onehot = (flat[:, None] == jnp.arange(num_experts)[None, :]).astype(jnp.int32)   # [N*k, E]
+    rank = jnp.take_along_axis(jnp.cumsum(onehot, axis=0) - 1, flat[:, None], axis=1)[:, 0]
+    counts = jnp.sum(onehot, axis=0)
+
+    def fits():
+        token_of = jnp.arange(n * top_k) // top_k
+        buf = jnp.zeros((num_experts, cap, x.shape[1]), x.dtype).at[flat, rank].set(x[token_of])
+        h = jax.nn.silu(jnp.einsum("ech,ehi->eci", buf, gate)) * jnp.einsum("ech,ehi->eci", buf, up)
+        out = jnp.einsum("eci,eih->ech", h, down)[flat, rank].reshape(n, top_k, -1)
+        return jnp.einsum("nk,nkh->nh", routing.weights, out)
+
+    return jax.lax.cond(jnp.max(counts) <= cap, fits,
+                        lambda: _expert_ffn_dense(x, routing, gate, up, down))
+
+
 BACKENDS: dict[str, Callable] = {
     "dense": _expert_ffn_dense,
     "ragged": _expert_ffn_ragged,
     "blocked": _expert_ffn_blocked,
     "gmm": _expert_ffn_gmm,
     "sparse": _expert_ffn_sparse,
+    "capacity": _expert_ffn_capacity,
 }
 
 

@@ -1,10 +1,12 @@
 """Paged KV cache addressing: fixed-size blocks in a pool, read and written through block tables.
 
 A pool holds, per run of layers, keys and values of shape [layers, blocks, block_size, kv_heads,
-head_dim]. A row's block table [M] lists the pool blocks that hold its logical slots 0 .. M *
+head_dim] (or one [blocks, block_size, kv_heads, head_dim] buffer per layer). A row's block table [M] lists the pool blocks that hold its logical slots 0 .. M *
 block_size - 1 in order (slot s lives in block table[s // block_size] at offset s % block_size).
 Block 0 is the trash block: unused table entries and the writes of padding tokens land there and
 are never read unmasked. This is the pure-JAX reference path (a gather); it runs on every backend.
+The model reads whole blocks (`read_blocks`: index by block, then reshape), a few % faster on
+CPU than the per-slot gather (`read` at `read_index`) that it equals.
 
 `SharedPrefix` splits a decode batch's keys into prompt blocks shared by a group of rows (read
 once per group) and each row's private blocks, so a forked group's prompt is not gathered once
@@ -54,6 +56,14 @@ def read(pool: jax.Array, index: jax.Array) -> jax.Array:
     """Gather one layer's keys or values [B, S, K, D] at flat pool rows `index` [B, S]."""
     nb, bs, k, d = pool.shape
     return pool.reshape(nb * bs, k, d)[index]
+
+
+def read_blocks(pool: jax.Array, block_tables: jax.Array) -> jax.Array:
+    """One layer's keys or values [B, M * block_size, K, D] of every slot of tables [B, M]: whole
+    blocks gathered, then flattened (equals `read(pool, read_index(tables, block_size))`)."""
+    b, m = block_tables.shape
+    _, bs, k, d = pool.shape
+    return pool[block_tables].reshape(b, m * bs, k, d)
 
 
 class SharedPrefix(NamedTuple):

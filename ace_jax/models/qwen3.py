@@ -1,7 +1,10 @@
 """Qwen3 / Qwen3-MoE causal LM in Flax NNX with stacked, scanned layers.
 
 Each run of identical layers (dense-MLP or MoE) is one `LayerRun` whose parameters carry a
-leading `layers` axis; the forward is one `lax.scan` per run. Parameters carry logical axis
+leading `layers` axis; the forward is one `lax.scan` per run. For inference, `layer_params()`
+splits the stacks once into one array per layer and `forward(layers=...)` runs the layers as a
+Python loop (unrolled) on a per-layer KV cache (`init_paged_cache(per_layer=True)`), so no step
+slices a layer's weights or KV out of a stack (on CPU each slice is a copy). Parameters carry logical axis
 names (metadata `logical_axes`) that sharding rules map onto mesh axes.
 """
 
@@ -27,10 +30,24 @@ _REMAT_POLICIES = {
 
 
 class KVCache(NamedTuple):
-    """Per-run key/value caches: tuples of [layers, B, S, kv_heads, head_dim]."""
+    """Per-run key/value caches: per run an array [layers, B, S, kv_heads, head_dim] (stacked) or a
+    tuple of per-layer arrays [B, S, kv_heads, head_dim] (`per_layer=True`, for `forward(layers=...)`)."""
 
-    keys: tuple[jax.Array, ...]
-    values: tuple[jax.Array, ...]
+    keys: tuple[Any, ...]
+    values: tuple[Any, ...]
+
+    @property
+    def per_layer(self) -> bool:
+        return isinstance(self.keys[0], tuple)
+
+    @property
+    def slots(self) -> int:
+        """Slots per row (contiguous) or per block (paged): the axis after batch / blocks."""
+        first = self.keys[0]
+        return first[0].shape[1] if isinstance(first, tuple) else first.shape[2]
+
+
+LayerParams = tuple[tuple[dict[str, jax.Array], ...], ...]  # per run, per layer: name -> array
 
 
 class RouterStats(NamedTuple):
@@ -101,21 +118,21 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
                   ("batch", "seq", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "seq", "kv_heads", "head_dim"))
     new_kv = None
-    if cache_kv is not None and "read_index" in ctx:  # paged: a block pool [blocks, block, K, D]
+    if cache_kv is not None and "read_tables" in ctx:  # paged: a block pool [blocks, block, K, D]
         pool_axes = (None, None, "kv_heads", "head_dim")
         k_pool = constrain(paged.write(cache_kv[0], ctx["write_index"], k), pool_axes)
         v_pool = constrain(paged.write(cache_kv[1], ctx["write_index"], v), pool_axes)
         new_kv = (k_pool, v_pool)
-        k = paged.read(k_pool, ctx["read_index"]).astype(cdt)
-        v = paged.read(v_pool, ctx["read_index"]).astype(cdt)
+        k = paged.read_blocks(k_pool, ctx["read_tables"]).astype(cdt)
+        v = paged.read_blocks(v_pool, ctx["read_tables"]).astype(cdt)
     elif cache_kv is not None:
         slots = ctx["cache_slots"]
         write = jax.vmap(lambda c, s, u: c.at[s].set(u.astype(c.dtype)))
         k_all, v_all = write(cache_kv[0], slots, k), write(cache_kv[1], slots, v)
         new_kv = (k_all, v_all)
         k, v = k_all.astype(cdt), v_all.astype(cdt)
-    if "shared_index" in ctx:  # the groups' prompt keys, read once per group
-        k_shared, v_shared = (paged.read(pool, ctx["shared_index"]).astype(cdt) for pool in new_kv)
+    if "shared_tables" in ctx:  # the groups' prompt keys, read once per group
+        k_shared, v_shared = (paged.read_blocks(pool, ctx["shared_tables"]).astype(cdt) for pool in new_kv)
         attn = attend_shared(q, k_shared, v_shared, ctx["shared_valid"], k, v, ctx["mask"], ctx["shared_prefix"])
     else:
         attn = attend(q, k, v, ctx["mask"])
@@ -136,11 +153,16 @@ def _layer(cfg: Qwen3Config, is_moe: bool, p: dict[str, jax.Array], x: jax.Array
     return constrain(x + y, ("batch", "seq", "embed")), new_kv, ids, stats
 
 
+def _layer_axes(run: LayerRun) -> dict[str, tuple[str, ...]]:
+    """Logical axes of one layer's params (the stacked ones without their "layers" axis)."""
+    return {name: tuple(value.get_metadata()["logical_axes"][1:]) for name, value in vars(run).items()
+            if isinstance(value, nnx.Param)}
+
+
 def _run_forward(cfg: Qwen3Config, run: LayerRun, x, ctx, cache_kv, forced_ids):
     """Scan one run of layers. cache_kv: ([L,B,S,K,D], [L,B,S,K,D]) or None; forced_ids [L,B,T,k] or None."""
     params = _params_of(run)
-    axes = {name: tuple(value.get_metadata()["logical_axes"][1:]) for name, value in vars(run).items()
-            if isinstance(value, nnx.Param)}   # a layer's slice: without the stacked "layers" axis
+    axes = _layer_axes(run)
 
     def body(carry, xs):
         p, kv, forced = xs
@@ -151,6 +173,27 @@ def _run_forward(cfg: Qwen3Config, run: LayerRun, x, ctx, cache_kv, forced_ids):
         body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
     x, (new_kv, ids, stats) = jax.lax.scan(body, x, (params, cache_kv, forced_ids))
     return x, new_kv, ids, stats
+
+
+def _run_unrolled(cfg: Qwen3Config, run: LayerRun, params: tuple[dict[str, jax.Array], ...], x, ctx,
+                  cache_kv, forced_ids):
+    """`_run_forward` as a Python loop over the run's layers with per-layer `params` and
+    cache_kv (per-layer tuples of keys and values, or None); same outputs, stacked over layers."""
+    axes = _layer_axes(run)
+    keys, values, ids, stats = [], [], [], []
+    for layer, p in enumerate(params):
+        kv = None if cache_kv is None else (cache_kv[0][layer], cache_kv[1][layer])
+        forced = None if forced_ids is None else forced_ids[layer]
+        x, new_kv, layer_ids, layer_stats = _layer(cfg, run.is_moe, p, x, ctx, kv, forced, axes)
+        if new_kv is not None:
+            keys.append(new_kv[0])
+            values.append(new_kv[1])
+        ids.append(layer_ids)
+        stats.append(layer_stats)
+    new_kv = (tuple(keys), tuple(values)) if cache_kv is not None else None
+    if not run.is_moe:
+        return x, new_kv, None, None
+    return x, new_kv, jnp.stack(ids), jax.tree.map(lambda *a: jnp.stack(a), *stats)
 
 
 def _params_of(run: LayerRun) -> dict[str, jax.Array]:
@@ -183,14 +226,28 @@ class Qwen3ForCausalLM(nnx.Module):
         """Zeroed KV cache with `length` slots per sequence."""
         return self._zero_kv((batch, length), dtype)
 
-    def init_paged_cache(self, blocks: int, block_size: int, dtype: str | None = None) -> KVCache:
-        """Zeroed paged pool: per run [layers, blocks, block_size, kv_heads, head_dim] (block 0 is trash)."""
-        return self._zero_kv((blocks, block_size), dtype)
+    def init_paged_cache(self, blocks: int, block_size: int, dtype: str | None = None,
+                         per_layer: bool = False) -> KVCache:
+        """Zeroed paged pool: per run [layers, blocks, block_size, kv_heads, head_dim] (block 0 is
+        trash), or with `per_layer` one [blocks, block_size, kv_heads, head_dim] buffer per layer."""
+        return self._zero_kv((blocks, block_size), dtype, per_layer)
 
-    def _zero_kv(self, middle: tuple[int, int], dtype: str | None) -> KVCache:
+    def layer_params(self) -> LayerParams:
+        """The stacked layer params split into one array per layer (copies), for `forward(layers=...)`."""
+        out = []
+        for run in self.runs:
+            params = _params_of(run)
+            out.append(tuple({name: value[layer] for name, value in params.items()} for layer in range(run.count)))
+        return tuple(out)
+
+    def _zero_kv(self, middle: tuple[int, int], dtype: str | None, per_layer: bool = False) -> KVCache:
         cfg = self.config
         dt = _dtype(dtype or cfg.compute_dtype)
-        shapes = [(run.count, *middle, cfg.num_key_value_heads, cfg.head_dim) for run in self.runs]
+        one = (*middle, cfg.num_key_value_heads, cfg.head_dim)
+        if per_layer:
+            return KVCache(*(tuple(tuple(jnp.zeros(one, dt) for _ in range(run.count)) for run in self.runs)
+                             for _ in range(2)))
+        shapes = [(run.count, *one) for run in self.runs]
         return KVCache(tuple(jnp.zeros(s, dt) for s in shapes), tuple(jnp.zeros(s, dt) for s in shapes))
 
     def forward(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -198,7 +255,7 @@ class Qwen3ForCausalLM(nnx.Module):
                 cache: KVCache | None = None, cache_slots: jax.Array | None = None,
                 routed_experts: jax.Array | None = None, compute_logits: bool = True,
                 block_tables: jax.Array | None = None, token_valid: jax.Array | None = None,
-                shared_prefix: paged.SharedPrefix | None = None) -> ModelOutput:
+                shared_prefix: paged.SharedPrefix | None = None, layers: LayerParams | None = None) -> ModelOutput:
         """Full forward.
 
         Without a cache, `attention_mask` [B, T] marks valid tokens and causality is by index.
@@ -212,10 +269,14 @@ class Qwen3ForCausalLM(nnx.Module):
         by causality alone (every slot at or before a query's was written by that row).
         `shared_prefix` (with `block_tables`): rows' prompt blocks shared by their group, read once
         per group; `block_tables` then hold the private blocks only (see `paged.SharedPrefix`).
+        `layers` (from `layer_params()`, same values as the stacked params) runs the layers unrolled
+        on those per-layer arrays; a cache must then be per-layer (`per_layer=True`).
         """
         cfg = self.config
         cdt = _dtype(cfg.compute_dtype)
         b, t = input_ids.shape
+        if cache is not None and cache.per_layer != (layers is not None):
+            raise ValueError("a per-layer KV cache goes with `layers` (unrolled), a stacked one without")
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
         cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
@@ -225,9 +286,9 @@ class Qwen3ForCausalLM(nnx.Module):
             token_mask = None if attention_mask is None else attention_mask.reshape(-1)
         else:
             slots = positions if cache_slots is None else cache_slots
-            s = cache.keys[0].shape[2]
+            s = cache.slots
             if block_tables is not None:
-                s = block_tables.shape[1] * cache.keys[0].shape[2]
+                s = block_tables.shape[1] * cache.slots
             key_index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
             if shared_prefix is not None:  # private keys start after the row's shared slots
                 if block_tables is None:
@@ -240,11 +301,11 @@ class Qwen3ForCausalLM(nnx.Module):
         ctx = dict(cos=cos, sin=sin, mask=mask, token_mask=token_mask,
                    cache_slots=None if cache is None else slots)
         if cache is not None and block_tables is not None:
-            block = cache.keys[0].shape[2]
+            block = cache.slots
             ctx.update(write_index=paged.write_index(block_tables, slots, token_valid, block),
-                       read_index=paged.read_index(block_tables, block))
+                       read_tables=block_tables)
             if shared_prefix is not None:
-                ctx.update(shared_index=paged.read_index(shared_prefix.tables, block),
+                ctx.update(shared_tables=shared_prefix.tables,
                            shared_valid=shared_prefix.valid(block), shared_prefix=shared_prefix)
         x = constrain(self.embed[...].astype(cdt)[input_ids], ("batch", "seq", "embed"))
         new_keys, new_values, all_ids, loads, auxes = [], [], [], [], []
@@ -254,7 +315,10 @@ class Qwen3ForCausalLM(nnx.Module):
             forced = None
             if run.is_moe and routed_experts is not None:
                 forced = jnp.moveaxis(routed_experts[:, :, moe_seen:moe_seen + run.count], 2, 0)
-            x, new_kv, ids, stats = _run_forward(cfg, run, x, ctx, kv, forced)
+            if layers is None:
+                x, new_kv, ids, stats = _run_forward(cfg, run, x, ctx, kv, forced)
+            else:
+                x, new_kv, ids, stats = _run_unrolled(cfg, run, layers[r], x, ctx, kv, forced)
             if new_kv is not None:
                 new_keys.append(new_kv[0])
                 new_values.append(new_kv[1])

@@ -20,10 +20,10 @@ continuous engine without shared-prefix reads (`shared_prefix="never"`) as a sam
 Last line: `ratio rollout_tokens_per_s <new/old>` (continuous / static) on the last model's last shape
 with both sides run.
 
-Measured (`--models M --shapes code`, full code shape, 2 shared cores, nice 19, other jobs
-running): tiny-moe static 673.4 tok/s, continuous 3768.9 (5.60x at 1/4 of the KV: 15.0 vs 60.0
-MiB, 3 preemptions), transformers 447.1; small-moe static 131.2, continuous 450.5 (3.43x, 40.0 vs
-160.0 MiB, 5 preemptions), transformers 328.3. Decode MoE backend measured: `capacity` on both.
+Measured (`--models tiny-moe,small-moe --shapes code`, idle 2-core machine): tiny-moe static 1047.1
+tok/s, continuous 4047.0 (3.87x at 1/4 of the KV: 15.0 vs 60.0 MiB, 3 preemptions), transformers
+2022.7; small-moe static 153.2, continuous 519.3 (3.39x, 40.0 vs 160.0 MiB, 5 preemptions),
+transformers 304.3. Decode MoE backend measured: `capacity` on both.
 """
 
 from __future__ import annotations

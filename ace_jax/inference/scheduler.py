@@ -24,7 +24,7 @@ import dataclasses
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +66,10 @@ class _Group:
     prompt_experts: np.ndarray | None = None
     samples: list["_Sample"] = dataclasses.field(default_factory=list)
     admitted: int = 0  # admission order (the latest admitted group is preempted first)
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            self.samples = [_Sample(self, j, []) for j in range(self.request.n)]
 
     @property
     def live(self) -> list["_Sample"]:
@@ -231,8 +235,6 @@ class ContinuousScheduler:
     def _admit_need(self, group: _Group) -> int:
         """Blocks to admit a group: its prompt blocks and each live sample's first chunk."""
         full = self._layout(group)[0]
-        if not group.samples:
-            group.samples = [_Sample(group, j, []) for j in range(group.request.n)]
         return full + sum(self._chunk_blocks(s) - full for s in group.live)
 
     def _admit(self) -> list[_Group]:
@@ -303,30 +305,25 @@ class ContinuousScheduler:
         for g in groups:
             if g.prefix == 0 and g.prompt_experts is None:
                 g.prompt_experts = self._no_experts()
-        by_len: dict[int, list[_Group]] = collections.defaultdict(list)
-        for g in todo:
-            by_len[-(-pick(g.prefix, eng.buckets.prompt, "prompt length") // bs) * bs].append(g)
-        for p, gs in sorted(by_len.items()):
-            for start in range(0, len(gs), eng.buckets.max_batch):
-                chunk = gs[start:start + eng.buckets.max_batch]
-                b = pick(len(chunk), eng.buckets.batch, "batch size")
-                ids = np.zeros((b, p), np.int32)
-                lengths = np.zeros(b, np.int32)
-                tables = np.zeros((b, p // bs), np.int32)
+        padded = lambda g: -(-pick(g.prefix, eng.buckets.prompt, "prompt length") // bs) * bs  # noqa: E731
+        for p, b, chunk in self._length_batches(todo, padded):
+            ids = np.zeros((b, p), np.int32)
+            lengths = np.zeros(b, np.int32)
+            tables = np.zeros((b, p // bs), np.int32)
+            for i, g in enumerate(chunk):
+                ids[i, :g.prefix] = g.request.input_ids[:-1]
+                lengths[i] = g.prefix
+                table = g.live[0].table[:blocks_for(g.prefix, bs)]
+                tables[i, :len(table)] = table
+            routed = any(g.request.return_routed_experts and g.prompt_experts is None for g in chunk)
+            self.shapes.add(("prefill", b, p, routed))
+            self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables, eng.layers,
+                                                    graphdef=eng.graphdef, routed=routed)
+            if routed:
+                experts = np.asarray(experts)
                 for i, g in enumerate(chunk):
-                    ids[i, :g.prefix] = g.request.input_ids[:-1]
-                    lengths[i] = g.prefix
-                    table = g.live[0].table[:blocks_for(g.prefix, bs)]
-                    tables[i, :len(table)] = table
-                routed = any(g.request.return_routed_experts and g.prompt_experts is None for g in chunk)
-                self.shapes.add(("prefill", b, p, routed))
-                self._kv, experts = paged_steps.prefill(eng.state, self._pool(), ids, lengths, tables, eng.layers,
-                                                        graphdef=eng.graphdef, routed=routed)
-                if routed:
-                    experts = np.asarray(experts)
-                    for i, g in enumerate(chunk):
-                        if g.prompt_experts is None:
-                            g.prompt_experts = experts[i, :g.prefix]
+                    if g.prompt_experts is None:
+                        g.prompt_experts = experts[i, :g.prefix]
 
     def _fork(self, groups: list[_Group]) -> None:
         """Copy-on-write: each sample beyond the first gets its own copy of the partial prompt block."""
@@ -346,23 +343,29 @@ class ContinuousScheduler:
         eng = self.engine
         rows = [s for g in groups for s in g.live if s.tokens]
         lengths = sorted(set(eng.buckets.prompt) | set(eng.buckets.generate))
-        by_len: dict[int, list[_Sample]] = collections.defaultdict(list)
-        for s in rows:
-            by_len[pick(len(s.tokens), lengths, "generated length")].append(s)
-        for p, ss in sorted(by_len.items()):
-            for start in range(0, len(ss), eng.buckets.max_batch):
-                chunk = ss[start:start + eng.buckets.max_batch]
-                b = pick(len(chunk), eng.buckets.batch, "batch size")
-                ids, lens, starts = np.zeros((b, p), np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32)
-                width = quarter_octave(max(len(s.table) for s in chunk))
-                tables = np.zeros((b, width), np.int32)
-                for i, s in enumerate(chunk):
-                    fed = [s.group.request.input_ids[-1], *s.tokens[:-1]]
-                    ids[i, :len(fed)], lens[i], starts[i] = fed, len(fed), s.group.prefix
-                    tables[i, :len(s.table)] = s.table
-                self.shapes.add(("recompute", b, p, width))
-                self._kv, _ = paged_steps.prefill(eng.state, self._pool(), ids, lens, tables, eng.layers, starts,
-                                                  graphdef=eng.graphdef, routed=False)
+        for p, b, chunk in self._length_batches(rows, lambda s: pick(len(s.tokens), lengths, "generated length")):
+            ids, lens, starts = np.zeros((b, p), np.int32), np.zeros(b, np.int32), np.zeros(b, np.int32)
+            width = quarter_octave(max(len(s.table) for s in chunk))
+            tables = np.zeros((b, width), np.int32)
+            for i, s in enumerate(chunk):
+                fed = [s.group.request.input_ids[-1], *s.tokens[:-1]]
+                ids[i, :len(fed)], lens[i], starts[i] = fed, len(fed), s.group.prefix
+                tables[i, :len(s.table)] = s.table
+            self.shapes.add(("recompute", b, p, width))
+            self._kv, _ = paged_steps.prefill(eng.state, self._pool(), ids, lens, tables, eng.layers, starts,
+                                              graphdef=eng.graphdef, routed=False)
+
+    def _length_batches(self, items: list, length_of) -> Iterator[tuple[int, int, list]]:
+        """(padded length, batch bucket, items) for `items` grouped by `length_of` (a length bucket),
+        shortest first, in batches of at most the engine's largest batch bucket."""
+        buckets = self.engine.buckets
+        by_len: dict[int, list] = collections.defaultdict(list)
+        for item in items:
+            by_len[length_of(item)].append(item)
+        for p, same in sorted(by_len.items()):
+            for start in range(0, len(same), buckets.max_batch):
+                chunk = same[start:start + buckets.max_batch]
+                yield p, pick(len(chunk), buckets.batch, "batch size"), chunk
 
     def _decode(self) -> float:
         """One decode chunk of the running rows; returns its seconds on the device."""

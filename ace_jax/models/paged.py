@@ -5,8 +5,8 @@ head_dim] (or one [blocks, block_size, kv_heads, head_dim] buffer per layer). A 
 block_size - 1 in order (slot s lives in block table[s // block_size] at offset s % block_size).
 Block 0 is the trash block: unused table entries and the writes of padding tokens land there and
 are never read unmasked. This is the pure-JAX reference path (a gather); it runs on every backend.
-The model reads whole blocks (`read_blocks`: index by block, then reshape), a few % faster on
-CPU than the per-slot gather (`read` at `read_index`) that it equals.
+Reads gather whole blocks (`read_blocks`: index by block, then reshape), a few % faster on CPU
+than a per-slot gather.
 
 `SharedPrefix` splits a decode batch's keys into prompt blocks shared by a group of rows (read
 once per group) and each row's private blocks, so a forked group's prompt is not gathered once
@@ -38,13 +38,6 @@ def write_index(block_tables: jax.Array, slots: jax.Array, valid: jax.Array | No
     return jnp.where(valid, index, TRASH_BLOCK * block_size + slots % block_size)
 
 
-def read_index(block_tables: jax.Array, block_size: int) -> jax.Array:
-    """Pool rows of every logical slot of each row: [B, M * block_size]."""
-    b, m = block_tables.shape
-    slots = jnp.broadcast_to(jnp.arange(m * block_size, dtype=jnp.int32), (b, m * block_size))
-    return flat_index(block_tables, slots, block_size)
-
-
 def write(pool: jax.Array, index: jax.Array, new: jax.Array) -> jax.Array:
     """Scatter new [B, T, K, D] into one layer's pool [blocks, block_size, K, D] at flat `index` [B, T]."""
     nb, bs, k, d = pool.shape
@@ -52,15 +45,9 @@ def write(pool: jax.Array, index: jax.Array, new: jax.Array) -> jax.Array:
     return flat.reshape(nb, bs, k, d)
 
 
-def read(pool: jax.Array, index: jax.Array) -> jax.Array:
-    """Gather one layer's keys or values [B, S, K, D] at flat pool rows `index` [B, S]."""
-    nb, bs, k, d = pool.shape
-    return pool.reshape(nb * bs, k, d)[index]
-
-
 def read_blocks(pool: jax.Array, block_tables: jax.Array) -> jax.Array:
     """One layer's keys or values [B, M * block_size, K, D] of every slot of tables [B, M]: whole
-    blocks gathered, then flattened (equals `read(pool, read_index(tables, block_size))`)."""
+    blocks gathered, then flattened: slot s of row b is pool[tables[b, s // block_size], s % block_size]."""
     b, m = block_tables.shape
     _, bs, k, d = pool.shape
     return pool[block_tables].reshape(b, m * bs, k, d)

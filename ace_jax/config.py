@@ -43,6 +43,7 @@ class RolloutSection:
     sglang_args: tuple[str, ...] = ()
     scheduler: str = "continuous"       # jax engine: "continuous" (paged KV, forked groups) or "static"
     kv_pool_tokens: int = 0             # jax engine: paged KV pool size in tokens (0 = batch x max lengths)
+    decode_moe_backend: str = ""        # jax engine decode: "" = measure on CPU (kept per machine), else the model's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +204,11 @@ def _validate(cfg: ExperimentConfig) -> None:
     if cfg.rollout.scheduler not in ("continuous", "static") or cfg.rollout.kv_pool_tokens < 0:
         raise ConfigError(f"config keys 'rollout.scheduler' ({cfg.rollout.scheduler!r}; allowed: ['continuous', "
                           f"'static']) and 'rollout.kv_pool_tokens' ({cfg.rollout.kv_pool_tokens}, >= 0)")
+    from ace_jax.models.config import MOE_BACKENDS
+    decode_backends = ["", "measure", *MOE_BACKENDS]
+    if cfg.rollout.decode_moe_backend not in decode_backends:
+        raise ConfigError(f"config key 'rollout.decode_moe_backend' is {cfg.rollout.decode_moe_backend!r}; "
+                          f"allowed: {decode_backends}")
     if cfg.env.mode not in ("spec", "code"):
         raise ConfigError(f"config key 'env.mode' is {cfg.env.mode!r}; allowed: ['code', 'spec']")
     if cfg.env.executor not in ("local", "ray"):

@@ -65,8 +65,8 @@ def build_qwen3_tokenizer():
 
 
 def cache_dir() -> str:
-    root = os.environ.get("ACE_JAX_HOME", os.path.join(os.path.expanduser("~"), ".cache", "ace-jax"))
-    return os.path.join(root, "qwen3-tokenizer")
+    from ace_jax.paths import home
+    return str(home() / "qwen3-tokenizer")
 
 
 def load_qwen3_tokenizer():

@@ -36,8 +36,8 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS executions (
 
 def default_cache_dir() -> Path:
     """$ACE_JAX_HOME/exec-cache, else ~/.cache/ace-jax/exec-cache."""
-    home = os.environ.get("ACE_JAX_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "ace-jax") / "exec-cache"
+    from ace_jax.paths import home
+    return home() / "exec-cache"
 
 
 _DATA_HASHES: dict[tuple, str] = {}

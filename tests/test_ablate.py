@@ -6,7 +6,7 @@ import pytest
 
 from ace_jax.cli import main
 from ace_jax.commands.demo import DEMO_CONFIG
-from ace_jax.train.ablation import AblationPlan, first_reaching, step_ratios, summarize_arm
+from ace_jax.train.ablation import AblationPlan, first_reaching, paired_with_frontier, step_ratios, summarize_arm
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -60,17 +60,37 @@ def test_step_ratios_compare_frontier_with_every_other_arm_over_all_seeds():
     assert step_ratios({"uniform": uniform}) == {}
 
 
+def test_arms_are_paired_with_frontier_seed_by_seed():
+    plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
+                        eval_every=2)
+    points = (_points("frontier", 0, [0.5, 0.85, 0.9]) + _points("frontier", 1, [0.5, 0.6, 0.81])   # steps 2, 4
+              + _points("uniform", 0, [0.5, 0.6, 0.7]) + _points("uniform", 1, [0.9, 0.9, 0.9])    # 6 (never), 0
+              + _points("roots-only", 1, [0.5, 0.81, 0.81]))                                        # seed 1 only: 2
+    paired = paired_with_frontier(points, plan)
+    assert set(paired) == {"uniform", "roots-only"}
+    assert paired["uniform"]["steps"] == {"mean": pytest.approx(0.0), "std": pytest.approx(4.0)}   # +4, -4
+    assert (paired["uniform"]["frontier_fewer"], paired["uniform"]["frontier_more"]) == (1, 1)
+    assert paired["uniform"]["final"]["mean"] == pytest.approx(((0.7 - 0.9) + (0.9 - 0.81)) / 2)
+    assert paired["roots-only"]["seeds"] == 1 and paired["roots-only"]["steps"]["mean"] == -2.0
+    assert paired_with_frontier([p for p in points if p["arm"] != "frontier"], plan) == {}
+
+
 @pytest.mark.slow
 def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "ablation"
-    code = main(["ablate", "--config", str(DEMO_CONFIG), "--seeds", "1", "--arms", "frontier", "roots-only",
-                 "--out", str(out), "--eval-every", "1", "--eval-seeds", "1", "--target", "0.5",
-                 "train.steps=2", "train.warmstart_steps=4", "train.heldout_steps=1", "rollout.group_size=4",
-                 "rollout.states_per_step=2", "rollout.max_new_tokens=8", "env.sandbox=bwrap",
-                 "curriculum.capacity=64", "train.length_buckets=[64]"])
-    assert code == 0
+    command = ["ablate", "--config", str(DEMO_CONFIG), "--seeds", "1", "--arms", "frontier", "roots-only",
+               "--out", str(out), "--eval-every", "1", "--eval-seeds", "1", "--target", "0.5",
+               "train.steps=2", "train.warmstart_steps=4", "train.heldout_steps=1", "rollout.group_size=4",
+               "rollout.states_per_step=2", "rollout.max_new_tokens=8", "env.sandbox=bwrap",
+               "curriculum.capacity=64", "train.length_buckets=[64]"]
+    assert main(command) == 0
     table = (out / "ablation.md").read_text()
     assert "| frontier | " in table and "| roots-only | " in table and table in capsys.readouterr().out
+    assert "Paired with `frontier`" in table and "| roots-only | 1 | " in table
+    # The same command again reuses both finished runs (same config): same table, nothing trained.
+    assert main(command) == 0
+    assert capsys.readouterr().out.count("finished before, its points reused") == 2
+    assert (out / "ablation.md").read_text() == table
     rows = list(csv.DictReader(open(out / "ablation.csv")))
     assert [(r["arm"], r["step"]) for r in rows] == [("frontier", "0"), ("frontier", "1"), ("frontier", "2"),
                                                      ("roots-only", "0"), ("roots-only", "1"), ("roots-only", "2")]

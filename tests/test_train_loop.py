@@ -26,7 +26,8 @@ def _config(run_dir, steps):
 @pytest.mark.slow
 def test_loop_runs_checkpoints_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
-    trainer = Trainer(_config(run_dir, 2), echo=lambda s: None)
+    lines = []
+    trainer = Trainer(_config(run_dir, 2), echo=lines.append)
     try:
         summary = trainer.run()
         params = jax.tree.map(np.asarray, trainer.state.params)
@@ -41,6 +42,11 @@ def test_loop_runs_checkpoints_and_resumes(tmp_path):
     assert summary["steps"] == 2 and summary["optimizer_steps"] == updates - summary["skipped_updates"]
     for r in records:
         assert r["states"] == 2 and 0.0 <= r["reward_mean"] <= 1.0 and "curriculum" in r
+    # One progress line per step: its loss, or why it made no update (never `loss nan`).
+    progress = [line for line in lines if line.startswith("step ")]
+    assert len(progress) == 2 and not any("nan" in line for line in progress)
+    for r, line in zip(records, progress):
+        assert ("update skipped (no informative group)" in line) == ("loss" not in r), line
     for name in ("training.png", "curriculum.png"):
         assert (run_dir / name).read_bytes()[:8] == PNG
     # The engine compiled a bounded number of programs; the update at most once per bucket.

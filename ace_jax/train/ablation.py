@@ -9,13 +9,18 @@ Per arm: training steps and rollouts (executions) until the fixed evaluation's t
 reaches `target`, and the held-out results at the end, as mean and spread over seeds.
 
 The warm start depends only on the seed, so it runs once per seed and its parameters are
-reused by the other arms; the persistent execution cache makes repeated scripts free.
+reused by the other arms; the persistent execution cache makes repeated scripts free. Each
+finished run leaves its evaluation points in DIR/ARM/seedN/points.json with its config: the same
+command again (killed, or with more seeds or arms) reuses the runs whose config is unchanged.
+Besides per-arm spreads the table pairs each arm with `frontier` seed by seed (same seed, same
+warm start), which takes out the spread between seeds' warm starts.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -79,9 +84,43 @@ def first_reaching(points: Sequence[dict[str, Any]], name: str, target: float) -
     return None
 
 
+POINTS_FILE = "points.json"
+
+
+def _run_key(plan: AblationPlan, arm: str, seed: int) -> str:
+    """What a finished run's points depend on: its config (warm-started) and the evaluation plan."""
+    cfg = arm_config(plan, arm, seed, warm=True).to_dict()
+    return json.dumps({"config": cfg, "eval_every": plan.eval_every, "eval_seeds": plan.eval_seeds},
+                      sort_keys=True, default=str)
+
+
+def finished_points(plan: AblationPlan, arm: str, seed: int) -> list[dict[str, Any]] | None:
+    """The points of an earlier run of this (arm, seed) with the same config, else None."""
+    path = os.path.join(run_path(plan, arm, seed), POINTS_FILE)
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a finished run's points ({e}); delete it to run that arm and seed again") from e
+    return saved["points"] if saved.get("key") == _run_key(plan, arm, seed) else None
+
+
+def save_points(plan: AblationPlan, arm: str, seed: int, points: list[dict[str, Any]]) -> None:
+    path = os.path.join(run_path(plan, arm, seed), POINTS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"key": _run_key(plan, arm, seed), "points": points}, f, default=float)
+    os.replace(path + ".tmp", path)
+
+
+def run_path(plan: AblationPlan, arm: str, seed: int) -> str:
+    return os.path.join(plan.out, arm, f"seed{seed}")
+
+
 def arm_config(plan: AblationPlan, arm: str, seed: int, warm: bool) -> ExperimentConfig:
     cfg = load_config(plan.config, [*plan.overrides, *ARMS[arm], f"train.seed={seed}",
-                                    f"train.run_dir={os.path.join(plan.out, arm, f'seed{seed}')}",
+                                    f"train.run_dir={run_path(plan, arm, seed)}",
                                     "train.heldout_eval=false"])
     return cfg if warm else dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmstart_steps=0))
 
@@ -154,6 +193,33 @@ def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan) -> dict[str,
     }
 
 
+def paired_with_frontier(points: list[dict[str, Any]], plan: AblationPlan) -> dict[str, dict[str, Any]]:
+    """Per arm, seed by seed against `frontier` (the same seed shares the warm start): the
+    difference arm - frontier in steps to target (censored) and in the final held-out target
+    metric, mean and spread, and on how many seeds frontier needed fewer / more steps."""
+    def per_seed(arm: str) -> dict[int, tuple[int, float]]:
+        out = {}
+        for seed in sorted({p["seed"] for p in points if p["arm"] == arm}):
+            run = [p for p in points if p["arm"] == arm and p["seed"] == seed]
+            steps = censored_steps(run, first_reaching(run, plan.target_metric, plan.target), plan.eval_every)
+            out[seed] = steps, metric_value(run[-1]["eval"], plan.target_metric)
+        return out
+
+    if not any(p["arm"] == "frontier" for p in points):
+        return {}
+    frontier, paired = per_seed("frontier"), {}
+    for arm in dict.fromkeys(p["arm"] for p in points):
+        other = per_seed(arm)
+        seeds = sorted(set(frontier) & set(other))
+        if arm == "frontier" or not seeds:
+            continue
+        d_steps = [other[s][0] - frontier[s][0] for s in seeds]
+        paired[arm] = {"seeds": len(seeds), "steps": spread(d_steps),
+                       "final": spread([other[s][1] - frontier[s][1] for s in seeds]),
+                       "frontier_fewer": sum(d > 0 for d in d_steps), "frontier_more": sum(d < 0 for d in d_steps)}
+    return paired
+
+
 def zero_variance_share(point: dict[str, Any]) -> float:
     """Share of the groups sampled so far whose rewards had zero variance: rollouts the
     curriculum spent on states that teach nothing (what Learnability-Potential sampling avoids)."""
@@ -164,7 +230,8 @@ def _pm(s: dict[str, float] | None, fmt: str = ".3f") -> str:
     return "-" if s is None else f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
 
 
-def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: int) -> str:
+def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: int,
+             paired: dict[str, dict[str, Any]] | None = None) -> str:
     lines = [f"Target: `{plan.target_metric}` >= {plan.target} on the fixed evaluation (held-out tasks and training "
              f"roots, every {plan.eval_every} steps, greedy + {plan.eval_seeds} seeds). {steps} training steps per run, "
              f"{plan.seeds} seed(s) per arm; mean ± spread (std over seeds; steps and rollouts over the seeds that "
@@ -182,7 +249,15 @@ def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: in
                      f"{_pm(s['final_heldout_greedy']['mean_best_q'])} | {_pm(s['zero_variance_share'], '.2f')} |")
     lines += ["", f"*A run that does not reach the target counts as {steps} + {plan.eval_every} steps (a lower "
               "bound), so a ratio against an arm with such runs is an upper bound."]
-    lines += [f"ratio frontier/{arm} steps to target (all seeds): {r:.2f}" for arm, r in step_ratios(summaries).items()]
+    if paired:
+        lines += ["", "Paired with `frontier`, seed by seed (arm - frontier; positive steps: frontier got there first):",
+                  "", "| arm | seeds | steps to target, all seeds | frontier fewer / more steps | final target metric |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {arm} | {d['seeds']} | {d['steps']['mean']:+.1f} ± {d['steps']['std']:.1f} | "
+                  f"{d['frontier_fewer']} / {d['frontier_more']} | {d['final']['mean']:+.3f} ± {d['final']['std']:.3f} |"
+                  for arm, d in paired.items()]
+    lines += [""] + [f"ratio frontier/{arm} steps to target (all seeds): {r:.2f}"
+                     for arm, r in step_ratios(summaries).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +344,7 @@ def write_outputs(points: list[dict[str, Any]], plan: AblationPlan, steps: int) 
     arms = [a for a in plan.arms if any(p["arm"] == a for p in points)]
     summaries = {arm: summarize_arm([p for p in points if p["arm"] == arm], plan) for arm in arms}
     with open(os.path.join(plan.out, "ablation.md"), "w") as f:
-        f.write(markdown(summaries, plan, steps))
+        f.write(markdown(summaries, plan, steps, paired_with_frontier(points, plan)))
     write_csv(flat_rows(points), os.path.join(plan.out, "ablation.csv"))
     plot(points, plan, os.path.join(plan.out, "ablation.png"))
     return summaries
@@ -286,6 +361,12 @@ def run_ablation(plan: AblationPlan, echo: Callable[[str], None] = print) -> dic
     summaries: dict[str, Any] = {}
     for seed in range(plan.seeds):          # seed-major: the warm start of a seed is shared by its arms
         for arm in plan.arms:
-            points += run_one(plan, arm, seed, warm_params, echo)
+            run = finished_points(plan, arm, seed)
+            if run is not None:
+                echo(f"{arm} seed {seed}: finished before, its points reused ({run_path(plan, arm, seed)})")
+            else:
+                run = run_one(plan, arm, seed, warm_params, echo)
+                save_points(plan, arm, seed, run)
+            points += run
             summaries = write_outputs(points, plan, steps)
     return summaries

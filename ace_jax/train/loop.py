@@ -151,9 +151,9 @@ class Trainer:
         self.checkpointer = run_files.checkpointer(self.run_dir, cfg.train.keep_checkpoints)
         if self.writer:
             run_files.write_run_files(self.run_dir, self.model_config, cfg.to_dict())
+        self.warm_started = False
         self._maybe_resume()
         self.heldout = heldout_tracker(self) if cfg.train.heldout_eval else None
-        self.warm_started = False
         self._metrics_file = self._tensorboard = None
         self.echo(f"run {self.run_dir}: {len(self.task_ids)} tasks ({cfg.env.tasks}), {self.codec.mode} mode, "
                   f"model {cfg.model.preset or cfg.model.hf}, {self.placement.describe()}, "
@@ -166,7 +166,8 @@ class Trainer:
             rows = self.cfg.rollout.group_size * self.cfg.rollout.states_per_step * self.cfg.rollout.oversample
             return JaxEngine(model, eos_token_ids=self.codec.stop_ids, seed=self.cfg.train.seed,
                              buckets=engine_buckets(self.cfg, rows), scheduler=self.cfg.rollout.scheduler,
-                             kv_pool_tokens=self.cfg.rollout.kv_pool_tokens or None)
+                             kv_pool_tokens=self.cfg.rollout.kv_pool_tokens or None,
+                             decode_moe_backend=self.cfg.rollout.decode_moe_backend or None)
         from ace_jax.checkpoint import hf
         from rollout.sglang import SGLangEngine
         # SGLang loads weights from disk: the initial policy is exported once; every update
@@ -190,6 +191,7 @@ class Trainer:
         self.state = restored.state
         self.step = restored.step
         if restored.meta and "buffer" in restored.meta:  # absent in a run made by `ace-jax import`
+            self.warm_started = True  # a run's own checkpoints follow its warm start (step 0: the warm start's)
             self.buffer, sampler_state, self.history = unpack_curriculum(restored.arrays, restored.meta)
             self.sampler.load_state_dict(sampler_state)
             log_state = unpack_curriculum_log(restored.arrays, restored.meta)
@@ -326,6 +328,7 @@ class Trainer:
         total = self.cfg.train.steps if steps is None else steps
         if self.step == 0 and self.cfg.train.warmstart_steps and not self.warm_started:
             self.warm_start()   # once: `run` may be called in stages (ace-jax ablate evaluates between them)
+            self.save()         # step 0 = the warm-started policy: a rerun after a crash, or a copy, skips it
         if self.heldout is not None and self.step == 0 and "before" not in self.heldout.results:
             self.heldout.measure("before")
         # Lines and events of steps after the checkpoint (a killed run) are dropped first.
@@ -363,7 +366,7 @@ class Trainer:
         self.echo(f"step {self.step}/{total} | reward {record['reward_mean']:.3f} | valid "
                   f"{record['valid_rate']:.2f} | success {record['success_rate']:.2f} | best q "
                   f"{record['best_q']:.3f} | informative {record['informative_groups']}/"
-                  f"{self.cfg.rollout.states_per_step} | loss {record.get('loss', float('nan')):.4f} | "
+                  f"{self.cfg.rollout.states_per_step} | {_loss_text(record)} | "
                   f"buffer {record['buffer_size']} | executions {record['executions']} | "
                   f"{record['step_s']:.1f} s/step | ETA {eta:.0f} s")
 
@@ -400,3 +403,11 @@ class Trainer:
         self.checkpointer.close()
         self.pool.close()
         self.engine.close()
+
+
+def _loss_text(record: dict[str, Any]) -> str:
+    """The progress line's loss, or why the step made no update (not a `loss nan`)."""
+    if "loss" in record:
+        return f"loss {record['loss']:.4f}"
+    return "update skipped (stale round)" if record.get("update_skipped_stale") else \
+        "update skipped (no informative group)"

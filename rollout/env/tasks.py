@@ -139,8 +139,8 @@ def default_tasks_dir(path: str | os.PathLike | None = None) -> Path:
     """Where tasks live: `path`, else $ACE_JAX_HOME/tasks, else ~/.cache/ace-jax/tasks."""
     if path is not None:
         return Path(path)
-    home = os.environ.get("ACE_JAX_HOME")
-    return Path(home) / "tasks" if home else Path.home() / ".cache" / "ace-jax" / "tasks"
+    from ace_jax.paths import home
+    return home() / "tasks"
 
 
 def load_task(root: str | os.PathLike) -> Task:

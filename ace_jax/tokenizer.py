@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from importlib import resources
 
+from rollout.machine_files import home
+
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                 r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 BASE_VOCAB_SIZE = 151643
@@ -65,7 +67,6 @@ def build_qwen3_tokenizer():
 
 
 def cache_dir() -> str:
-    from ace_jax.paths import home
     return str(home() / "qwen3-tokenizer")
 
 

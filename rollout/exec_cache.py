@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from rollout.machine_files import home
 from rollout.sandbox.base import ExecResult, Limits, Sandbox
 
 DEFAULT_MAX_MB = 512
@@ -36,7 +37,6 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS executions (
 
 def default_cache_dir() -> Path:
     """$ACE_JAX_HOME/exec-cache, else ~/.cache/ace-jax/exec-cache."""
-    from ace_jax.paths import home
     return home() / "exec-cache"
 
 

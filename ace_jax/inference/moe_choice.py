@@ -10,13 +10,10 @@ process 0's choice is taken by all.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +21,7 @@ import numpy as np
 
 from ace_jax.models.config import Qwen3Config
 from ace_jax.models.moe import moe_block
-from ace_jax.paths import home
+from rollout.machine_files import home, locked
 
 DECODE_CANDIDATES = ("dense", "blocked", "ragged", "sparse", "capacity")
 STORE_FILE = "moe-choice.json"
@@ -42,7 +39,7 @@ def fastest_backend(cfg: Qwen3Config, tokens: int, candidates: tuple[str, ...] =
     key = choice_key(cfg, tokens, candidates)
     if key not in _CHOICES:
         path = store if store is not None else home() / STORE_FILE
-        with _locked(path):  # one process measures at a time; the others then read its result
+        with locked(path.with_name(path.name + ".lock")):  # one measures at a time, the others read it
             stored = _read(path).get(key)
             if isinstance(stored, dict) and stored.get("backend") in candidates:
                 choice = stored["backend"], stored["ms"]
@@ -70,17 +67,6 @@ def _agree(choice: tuple[str, dict[str, float]], candidates: tuple[str, ...]) ->
     return candidates[index], choice[1]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -93,7 +79,7 @@ def _read(path: Path) -> dict:
 
 
 def _write(path: Path, key: str, choice: tuple[str, dict[str, float]]) -> None:
-    """Add `key` to the store (under `_locked`; a temporary file renamed over it)."""
+    """Add `key` to the store (under the lock; a temporary file renamed over it)."""
     data = _read(path)
     data[key] = {"backend": choice[0], "ms": choice[1], "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")

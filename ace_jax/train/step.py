@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 
 from ace_jax.grpo import LossConfig, add_terms, chunked_logprobs, finalize_terms, loss_count, policy_loss_terms
-from ace_jax.models.constraints import active, constrain, gather_weight
+from ace_jax.models.constraints import active, gather_weight
 from ace_jax.train.batch import TrainBatch
 from ace_jax.train.state import TrainState
 from sharding.rules import batch_spec

@@ -7,7 +7,6 @@ runs in the sandbox) with BLAS/OpenMP limited to one thread, exactly as in the s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import logging
 import os
@@ -21,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
+from rollout.machine_files import locked
 from rollout.env import solution_template
 from rollout.env.builtin_tasks import BUILTIN_TASKS, BUILTIN_VERSION, TUNING_GRID, BuiltinTask
 from rollout.env.graders import grade_bytes
@@ -154,17 +154,6 @@ def _label_key(label: str):
         return (1, 0.0, label)
 
 
-@contextlib.contextmanager
-def _locked(root: Path):
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _is_current(path: Path) -> bool:
     try:
         return load_task(path).config.source == f"builtin-v{BUILTIN_VERSION}"
@@ -180,7 +169,7 @@ def prepare_builtin(root: str | os.PathLike | None = None, ids: list[str] | None
     unknown = sorted(set(ids or ()) - {b.id for b in BUILTIN_TASKS})
     if unknown:
         raise KeyError(f"unknown builtin task(s) {', '.join(unknown)}; known: {', '.join(b.id for b in BUILTIN_TASKS)}")
-    with _locked(root):
+    with locked(root / ".lock"):
         for i, b in enumerate(wanted):
             dest = root / b.id
             if not force and _is_current(dest):

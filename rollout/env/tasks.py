@@ -18,6 +18,7 @@ import pandas as pd
 import yaml
 
 from rollout.env.metrics import aligned, get_metric
+from rollout.machine_files import home
 
 PUBLIC_FILES = ("train.csv", "test.csv", "sample_submission.csv")
 MEDALS = ("gold", "silver", "bronze")
@@ -139,7 +140,6 @@ def default_tasks_dir(path: str | os.PathLike | None = None) -> Path:
     """Where tasks live: `path`, else $ACE_JAX_HOME/tasks, else ~/.cache/ace-jax/tasks."""
     if path is not None:
         return Path(path)
-    from ace_jax.paths import home
     return home() / "tasks"
 
 

@@ -1,12 +1,14 @@
 """`ace-jax ablate`: the plan's checks, the per-arm summary, and a miniature run end to end."""
 
 import csv
+import dataclasses
 
 import pytest
 
 from ace_jax.cli import main
 from ace_jax.commands.demo import DEMO_CONFIG
-from ace_jax.train.ablation import AblationPlan, first_reaching, paired_with_frontier, step_ratios, summarize_arm
+from ace_jax.train.ablation import (AblationPlan, first_reaching, markdown, paired_with_frontier, step_ratios,
+                                   summarize_arm)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -73,6 +75,10 @@ def test_arms_are_paired_with_frontier_seed_by_seed():
     assert paired["uniform"]["final"]["mean"] == pytest.approx(((0.7 - 0.9) + (0.9 - 0.81)) / 2)
     assert paired["roots-only"]["seeds"] == 1 and paired["roots-only"]["steps"]["mean"] == -2.0
     assert paired_with_frontier([p for p in points if p["arm"] != "frontier"], plan) == {}
+    # A table written while the ablation runs says how many of the planned seeds it holds.
+    frontier = summarize_arm([p for p in points if p["arm"] == "frontier"], plan)
+    table = markdown({"frontier": frontier}, dataclasses.replace(plan, seeds=5), steps=4, paired=paired)
+    assert "5 seed(s) per arm (2 run so far)" in table and "| uniform | 2 | +0.0 ± 4.0 | 1 / 1 |" in table
 
 
 @pytest.mark.slow

@@ -234,7 +234,7 @@ def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: in
              paired: dict[str, dict[str, Any]] | None = None) -> str:
     lines = [f"Target: `{plan.target_metric}` >= {plan.target} on the fixed evaluation (held-out tasks and training "
              f"roots, every {plan.eval_every} steps, greedy + {plan.eval_seeds} seeds). {steps} training steps per run, "
-             f"{plan.seeds} seed(s) per arm; mean ± spread (std over seeds; steps and rollouts over the seeds that "
+             f"{_seeds_text(summaries, plan)}; mean ± spread (std over seeds; steps and rollouts over the seeds that "
              "reach the target).", "",
              "| arm | reached | steps to target | steps to target, all seeds* | rollouts to target | final target "
              "metric | held-out mean best q (sampled) | held-out valid rate (sampled) | held-out mean best q (greedy) | "
@@ -259,6 +259,11 @@ def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: in
     lines += [""] + [f"ratio frontier/{arm} steps to target (all seeds): {r:.2f}"
                      for arm, r in step_ratios(summaries).items()]
     return "\n".join(lines) + "\n"
+
+
+def _seeds_text(summaries: dict[str, dict[str, Any]], plan: AblationPlan) -> str:
+    done = max((s["seeds"] for s in summaries.values()), default=0)
+    return f"{plan.seeds} seed(s) per arm" + (f" ({done} run so far)" if done < plan.seeds else "")
 
 
 def step_ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:

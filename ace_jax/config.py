@@ -75,6 +75,7 @@ class TrainSection:
     logprob_chunk: int = 1024
     warmstart_steps: int = 0            # spec mode: behaviour cloning on grammatical specs first
     warmstart_learning_rate: float = 0.0  # the warm start's constant rate (0: optimizer.learning_rate)
+    warmstart_child_share: float = 0.0  # share of warm-start rows prompted from a made-up child state
     heldout_eval: bool = False          # evaluate on heldout_tasks before the first RL step and at the end
     heldout_tasks: str = "heldout"      # built-in split or a tasks directory
     heldout_steps: int = 4              # agent steps per task

@@ -319,7 +319,8 @@ class Trainer:
                                 self.codec, self.tasks, steps=self.cfg.train.warmstart_steps,
                                 rows=rows, buckets=self.cfg.train.length_buckets, seed=self.cfg.train.seed,
                                 max_new_tokens=self.cfg.rollout.max_new_tokens,
-                                place_batch=self.placement.place_batch, echo=self.echo)
+                                place_batch=self.placement.place_batch, echo=self.echo,
+                                child_share=self.cfg.train.warmstart_child_share)
         self.state = self.state._replace(params=warmed.params)  # RL optimizer and schedule untouched
         self.warm_started = True
         self.engine.update_weights(self.state.params, weight_version="warmstart")

@@ -2,7 +2,10 @@
 zero-variance groups. Behaviour cloning on per-task targets: in spec mode a menu of
 grammatical specs (good and bad ones alike, no task knowledge), standing in for the
 pre-training a real model brings; in code mode the tasks' reference solutions rendered as
-chat answers (the SFT start of an MLE agent). It reuses the update step: with advantage 1, no
+chat answers (the SFT start of an MLE agent). With `child_share` > 0 that share of the rows asks
+from a made-up child state (a parent answer from the same menu, with a valid result or a failure
+reason) instead of the root: the prompt forms of the curriculum's children (`op improve`,
+`op debug`), which a warm start on roots alone never shows a policy. It reuses the update step: with advantage 1, no
 importance weights and old = current logprobs, the PPO gradient is the log-likelihood gradient.
 
 The warm start has its own optimizer (`warmstart_optimizer`: the same AdamW at a constant
@@ -24,7 +27,8 @@ from ace_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, mak
 from ace_jax.train.state import TrainState
 from rollout.env.reference_code import reference_responses
 from rollout.env.spec import ESTIMATORS
-from rollout.env.state import State
+from rollout.env.spec_vocab import SAMPLE_REASONS
+from rollout.env.state import Feedback, State
 from rollout.env.tasks import Task
 
 _GRID = {"int": (2, 8, 50), "float": (0.1, 1.0)}
@@ -71,8 +75,8 @@ def spec_menu(task: Task) -> list[str]:
     return menu
 
 
-def warmstart_targets(codec, tasks: dict[str, Task]) -> dict[str, list[list[int]]]:
-    """Completion ids to clone per task: the spec menu (spec mode) or reference answers (code mode)."""
+def warmstart_texts(codec, tasks: dict[str, Task]) -> dict[str, list[str]]:
+    """Answers to clone per task: the spec menu (spec mode) or reference answers (code mode)."""
     if codec.mode == "spec":
         texts = {t.id: spec_menu(t) for t in tasks.values()}
     else:
@@ -80,21 +84,48 @@ def warmstart_targets(codec, tasks: dict[str, Task]) -> dict[str, list[list[int]
     empty = sorted(k for k, v in texts.items() if not v)
     if empty:
         raise ValueError(f"warm start: tasks {empty} have no {'specs' if codec.mode == 'spec' else 'reference solutions'}")
-    return {k: [codec.encode_response(x) for x in v] for k, v in texts.items()}
+    return texts
+
+
+def warmstart_targets(codec, tasks: dict[str, Task]) -> dict[str, list[list[int]]]:
+    """Completion ids to clone per task (`warmstart_texts`, encoded as the policy generates them)."""
+    return {k: [codec.encode_response(x) for x in v] for k, v in warmstart_texts(codec, tasks).items()}
+
+
+def made_up_child(task: Task, parent_answer: str, rng: np.random.Generator) -> State:
+    """A child state of `task` for the warm start's prompts: `parent_answer` as its code, with a
+    valid result and a random validation value (3 in 4) or a failure reason. Format only: the
+    values are random, so the warm start learns no task's scores."""
+    if rng.random() < 0.75:
+        feedback = Feedback(True, "", validation_metric=round(float(rng.random()), 4))
+    else:
+        feedback = Feedback(False, SAMPLE_REASONS[rng.integers(len(SAMPLE_REASONS))])
+    return State(task.id, parent_answer, feedback, depth=1)
 
 
 def warm_start(step_fn, state, codec, tasks: dict[str, Task], *, steps: int, rows: int, buckets: tuple[int, ...],
                seed: int, max_new_tokens: int | None = None, place_batch: Callable | None = None,
-               echo: Callable[[str], None] = print):
+               echo: Callable[[str], None] = print, child_share: float = 0.0):
     """Run `steps` behaviour-cloning updates of `rows` (prompt, target) pairs; returns the state.
-    Targets are cut to `max_new_tokens`: the policy never generates more."""
+    Targets are cut to `max_new_tokens`: the policy never generates more. A `child_share` of the
+    rows (`train.warmstart_child_share`) prompt from a made-up child state instead of the root."""
+    if not 0.0 <= child_share <= 1.0:
+        raise ValueError(f"train.warmstart_child_share must be in [0, 1], got {child_share}")
     rng = np.random.default_rng(seed)
     task_list = [tasks[k] for k in sorted(tasks)]
-    targets = {k: [ids[:max_new_tokens] for ids in v] for k, v in warmstart_targets(codec, tasks).items()}
+    texts = warmstart_texts(codec, tasks)
+    targets = {k: [codec.encode_response(x)[:max_new_tokens] for x in v] for k, v in texts.items()}
     prompts_by_task = {t.id: codec.encode_prompt(State(t.id), t) for t in task_list}
+
+    def prompt(task: Task) -> list[int]:
+        if child_share and rng.random() < child_share:
+            parent = texts[task.id][rng.integers(len(texts[task.id]))]
+            return codec.encode_prompt(made_up_child(task, parent, rng), task)
+        return prompts_by_task[task.id]
+
     for i in range(steps):
         picks = [task_list[j] for j in rng.integers(len(task_list), size=rows)]
-        prompts = [prompts_by_task[t.id] for t in picks]
+        prompts = [prompt(t) for t in picks]
         completions = [targets[t.id][rng.integers(len(targets[t.id]))] for t in picks]
         batch = make_batch(prompts, completions, np.ones(rows, np.float32),
                            [[0.0] * len(c) for c in completions], pad_id=codec.pad_id, buckets=buckets)

@@ -78,8 +78,9 @@ def test_shipped_config_runs_in_miniature(config, tmp_path):
     assert [r["step"] for r in records] == [0, 1]
     # The update step compiled and ran on the mesh at the config's lengths: the warm start is
     # the same update (behaviour cloning = advantage 1, no importance weights) with its own
-    # optimizer, so the RL state counts RL updates only.
-    assert summary["warmstart_step_compiles"] == 1
+    # optimizer, so the RL state counts RL updates only. It compiles once per length bucket its
+    # batches use (a made-up child's prompt can need the next bucket), never once per step.
+    assert 1 <= summary["warmstart_step_compiles"] <= len(cfg.train.length_buckets) < cfg.train.warmstart_steps
     rl_updates = sum(r["informative_groups"] > 0 for r in records)
     assert summary["optimizer_steps"] == rl_updates
     if cfg.env.mode == "spec":

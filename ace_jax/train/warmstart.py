@@ -5,8 +5,9 @@ pre-training a real model brings; in code mode the tasks' reference solutions re
 chat answers (the SFT start of an MLE agent). With `child_share` > 0 that share of the rows asks
 from a made-up child state (a parent answer from the same menu, with a valid result or a failure
 reason) instead of the root: the prompt forms of the curriculum's children (`op improve`,
-`op debug`), which a warm start on roots alone never shows a policy. It reuses the update step: with advantage 1, no
-importance weights and old = current logprobs, the PPO gradient is the log-likelihood gradient.
+`op debug`), which a warm start on roots alone never shows a policy. It reuses the update step:
+with advantage 1, no importance weights and old = current logprobs, the PPO gradient is the
+log-likelihood gradient.
 
 The warm start has its own optimizer (`warmstart_optimizer`: the same AdamW at a constant
 learning rate) and its own moments: only its parameters pass on to RL, whose optimizer then

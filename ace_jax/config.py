@@ -210,6 +210,9 @@ def _validate(cfg: ExperimentConfig) -> None:
     if cfg.rollout.decode_moe_backend not in decode_backends:
         raise ConfigError(f"config key 'rollout.decode_moe_backend' is {cfg.rollout.decode_moe_backend!r}; "
                           f"allowed: {decode_backends}")
+    if not 0.0 <= cfg.train.warmstart_child_share <= 1.0:
+        raise ConfigError(f"config key 'train.warmstart_child_share' is {cfg.train.warmstart_child_share}; "
+                          f"allowed: [0, 1]")
     if cfg.env.mode not in ("spec", "code"):
         raise ConfigError(f"config key 'env.mode' is {cfg.env.mode!r}; allowed: ['code', 'spec']")
     if cfg.env.executor not in ("local", "ray"):

@@ -24,6 +24,7 @@ def test_demo_config_loads_with_overrides():
     ("optim.learning_rate=1", "unknown config section 'optim'"),
     ("train.micro_batches=3", "'train.micro_batches' \\(3\\) must divide"),
     ("curriculum.potential=magic", "potential"),
+    ("train.warmstart_child_share=1.5", "'train.warmstart_child_share' is 1.5; allowed"),
     ("steps", "not of the form"),
 ])
 def test_bad_overrides_name_the_key(override, message):

@@ -14,7 +14,7 @@ from ace_jax.train.warmstart import made_up_child, warm_start, warmstart_optimiz
 from rollout.engine import GenerateRequest, SamplingParams
 from rollout.env.prepare import ensure_tasks
 from rollout.env.prompts import spec_prompt
-from rollout.env.spec import parse_spec
+from rollout.env.parsing import parse_spec_response
 from rollout.env.state import State
 
 
@@ -104,7 +104,7 @@ def test_a_warm_start_with_children_answers_child_prompts_as_well_as_roots(tmp_p
             kinds.append("root")
         parsed: dict[str, list[bool]] = {"child": [], "root": []}
         for kind, group in zip(kinds, trainer.engine.generate(requests)):
-            parsed[kind] += [_parses(trainer.codec.decode_response(c.token_ids)) for c in group]
+            parsed[kind] += [parse_spec_response(trainer.codec.decode_response(c.token_ids)).valid for c in group]
     finally:
         trainer.close()
     child, root = np.mean(parsed["child"]), np.mean(parsed["root"])
@@ -114,11 +114,3 @@ def test_a_warm_start_with_children_answers_child_prompts_as_well_as_roots(tmp_p
 def test_child_share_outside_zero_one_is_refused():
     with pytest.raises(ValueError, match="warmstart_child_share"):
         warm_start(None, None, None, {}, steps=1, rows=1, buckets=(64,), seed=0, child_share=1.5)
-
-
-def _parses(text: str) -> bool:
-    try:
-        parse_spec(text)
-    except ValueError:
-        return False
-    return True

@@ -88,11 +88,6 @@ def warmstart_texts(codec, tasks: dict[str, Task]) -> dict[str, list[str]]:
     return texts
 
 
-def warmstart_targets(codec, tasks: dict[str, Task]) -> dict[str, list[list[int]]]:
-    """Completion ids to clone per task (`warmstart_texts`, encoded as the policy generates them)."""
-    return {k: [codec.encode_response(x) for x in v] for k, v in warmstart_texts(codec, tasks).items()}
-
-
 def made_up_child(task: Task, parent_answer: str, rng: np.random.Generator) -> State:
     """A child state of `task` for the warm start's prompts: `parent_answer` as its code, with a
     valid result and a random validation value (3 in 4) or a failure reason. Format only: the

@@ -3,12 +3,14 @@
 import csv
 import dataclasses
 
+import numpy as np
 import pytest
 
 from ace_jax.cli import main
 from ace_jax.commands.demo import DEMO_CONFIG
 from ace_jax.train.ablation import (AblationPlan, first_reaching, markdown, paired_with_frontier, step_ratios,
                                    summarize_arm)
+from ace_jax.train.ablation_gain import curve_mean, gain_targets
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -62,6 +64,31 @@ def test_step_ratios_compare_frontier_with_every_other_arm_over_all_seeds():
     assert step_ratios({"uniform": uniform}) == {}
 
 
+def test_a_target_no_run_reaches_gives_no_ratio_and_the_gain_view_still_compares():
+    plan = AblationPlan(config=None, target=0.95, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
+                        eval_every=2)
+    runs = {"frontier": [_points("frontier", s, [0.4, 0.7, 0.8]) for s in (0, 1)],
+            "uniform": [_points("uniform", s, [0.4, 0.5, 0.65]) for s in (0, 1)]}
+    gains = gain_targets([r for rs in runs.values() for r in rs], plan.target_metric)
+    # From the step-0 mean 0.4 to the best arm's final mean 0.8: half way 0.6, 80% of the way 0.72.
+    assert gains == {0.5: pytest.approx(0.6), 0.8: pytest.approx(0.72)}
+    summaries = {arm: summarize_arm([p for r in rs for p in r], plan, gains) for arm, rs in runs.items()}
+    # Neither arm reaches 0.95: both count 4 + 2 steps, a ratio of 1 that would say nothing.
+    assert summaries["frontier"]["steps_to_target_all"] == summaries["uniform"]["steps_to_target_all"]
+    assert np.isnan(step_ratios(summaries)["uniform"])
+    assert summaries["frontier"]["steps_to_gain"][0.5]["mean"] == 2 and summaries["uniform"]["steps_to_gain"][0.5]["mean"] == 4
+    assert summaries["uniform"]["reached_gain"] == {0.5: 2, 0.8: 0}
+    assert step_ratios(summaries, 0.5) == {"uniform": pytest.approx(0.5)}
+    assert step_ratios(summaries, 0.8) == {"uniform": pytest.approx(4 / 6)}   # uniform censored at 6
+    assert curve_mean(runs["frontier"][0], plan.target_metric) == pytest.approx(0.75)   # steps 2 and 4
+    table = markdown(summaries, plan, steps=4, gains=gains)
+    assert "ratio frontier/uniform steps to target (all seeds): not measured" in table
+    assert "ratio frontier/uniform steps to 50% of the gain (all seeds): 0.50" in table
+    assert "| uniform | 4.0 ± 0.0 | 2/2 | 6.0 ± 0.0 | 0/2 | 0.575 ± 0.000 |" in table
+    lower = gain_targets([_points("frontier", 0, [0.4, 0.7])], "heldout.greedy.mean_steps_to_first_valid")
+    assert lower == {0.5: 2.0, 0.8: 2.0}   # every point says 2.0 steps: no gain
+
+
 def test_arms_are_paired_with_frontier_seed_by_seed():
     plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
                         eval_every=2)
@@ -92,7 +119,7 @@ def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     assert main(command) == 0
     table = (out / "ablation.md").read_text()
     assert "| frontier | " in table and "| roots-only | " in table and table in capsys.readouterr().out
-    assert "Paired with `frontier`" in table and "| roots-only | 1 | " in table
+    assert "Paired with `frontier`" in table and "| roots-only | 1 | " in table and "of the gain" in table
     # The same command again reuses both finished runs (same config): same table, nothing trained.
     assert main(command) == 0
     assert capsys.readouterr().out.count("finished before, its points reused") == 2

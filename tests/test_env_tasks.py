@@ -5,6 +5,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -12,7 +13,7 @@ from ace_jax.cli import main as cli_main
 from rollout.env.builtin_tasks import BUILTIN_TASKS, TUNING_GRID
 from rollout.env.execute import execute, step
 from rollout.env.graders import grade_submission
-from rollout.env.headroom import headroom_table, task_headroom
+from rollout.env.headroom import headroom_table, one_spec_for_all, one_spec_lines, task_headroom
 from rollout.env.medals import medal_ranks, medal_thresholds
 from rollout.env.metrics import aligned
 from rollout.env.mlebench_import import import_mlebench
@@ -166,6 +167,23 @@ def test_tuned_references_leave_headroom_above_the_fixed_references(builtin_root
         assert len(r["references_q"]) == 3 and all(0.0 <= q <= 1.0 for q in r["references_q"].values())
         assert r["medals_q"]["gold"] == 1.0 >= r["medals_q"]["silver"] >= r["medals_q"]["bronze"] > 0.0
     assert "| iris |" in headroom_table(rows)
+
+
+def test_one_spec_for_all_tasks_is_the_best_mean_q_of_the_specs_every_task_ran(builtin_root):
+    tasks = load_tasks(builtin_root)
+    summary = one_spec_for_all(tasks.values())
+    for split, r in summary.items():
+        group = [t.config for t in tasks.values() if t.config.split == split]
+        common = sorted(set.intersection(*(set(c.references) for c in group)))
+        sign = lambda c: 1.0 if c.direction == "maximize" else -1.0   # noqa: E731
+        q = np.array([[np.clip((sign(c) * c.references[s] - sign(c) * c.baseline_score)
+                               / (sign(c) * c.reference_score - sign(c) * c.baseline_score), 0, 1) for s in common]
+                      for c in group])
+        assert r["tasks"] == len(group) and r["specs"] == len(common) > 1
+        assert r["best_q"] == pytest.approx(q.mean(0).max()) and r["best_spec"] == common[int(q.mean(0).argmax())]
+        assert r["median_q"] == pytest.approx(np.median(q.mean(0)))
+        assert r["best_q"] < 1.0   # no single spec is every task's best
+    assert set(summary) == {"train", "heldout"} and "heldout: one spec for all" in one_spec_lines(summary)
 
 
 def test_medal_ranks_follow_kaggle_rules():

@@ -39,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "headroom":
         from rollout.env.builtin_tasks import BUILTIN_TASKS
-        from rollout.env.headroom import headroom_table, task_headroom
+        from rollout.env.headroom import headroom_table, one_spec_for_all, one_spec_lines, task_headroom
         tasks = ensure_tasks(args.dir, progress=progress)
         print(headroom_table([task_headroom(tasks[b.id], b.references) for b in BUILTIN_TASKS if b.id in tasks]))
+        print("\n" + one_spec_lines(one_spec_for_all(tasks.values())))
         return 0
     from rollout.env.mlebench_import import import_mlebench
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from ace_jax.config import ExperimentConfig, load_config
 from ace_jax.evaluate import METRICS
+from ace_jax.train.ablation_gain import GAIN_SHARES, curve_mean, gain_targets, lower_is_better, metric_value
 from ace_jax.train.heldout import evaluate_policy, pool_executor, spread
 
 ARMS: dict[str, tuple[str, ...]] = {
@@ -67,16 +68,9 @@ class AblationPlan:
                              f"<{'|'.join(METRICS)}>")
 
 
-def metric_value(evaluation: dict[str, Any], name: str) -> float:
-    """`set.kind.metric` of one fixed evaluation (sampled metrics: their mean over seeds)."""
-    s, kind, metric = name.split(".")
-    value = evaluation[s][kind][metric]
-    return float(value["mean"] if kind == "sampled" else value)
-
-
 def first_reaching(points: Sequence[dict[str, Any]], name: str, target: float) -> dict[str, Any] | None:
     """The first evaluation point whose metric reaches `target` (lower is better for steps to first valid)."""
-    lower = name.endswith("mean_steps_to_first_valid")
+    lower = lower_is_better(name)
     for p in points:
         v = metric_value(p["eval"], name)
         if (v <= target) if lower else (v >= target):
@@ -172,9 +166,17 @@ def censored_steps(run: list[dict[str, Any]], reached: dict[str, Any] | None, ev
     return int(reached["step"]) if reached is not None else int(run[-1]["step"]) + eval_every
 
 
-def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan) -> dict[str, Any]:
+def _runs(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The evaluation points of each (arm, seed), in order."""
+    keys = dict.fromkeys((p["arm"], p["seed"]) for p in points)
+    return [[p for p in points if (p["arm"], p["seed"]) == k] for k in keys]
+
+
+def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan,
+                  gains: dict[float, float] | None = None) -> dict[str, Any]:
     """Steps and rollouts to the target (mean and spread over the seeds that reach it, and over
-    all seeds with unreached runs censored), and the final held-out metrics (mean and spread)."""
+    all seeds with unreached runs censored), steps to each share of the gain in `gains`
+    ({share: target}, censored), the target metric's curve mean, and the final held-out metrics."""
     seeds = sorted({p["seed"] for p in points})
     runs = [[p for p in points if p["seed"] == s] for s in seeds]
     reached = [first_reaching(r, plan.target_metric, plan.target) for r in runs]
@@ -185,6 +187,11 @@ def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan) -> dict[str,
         "steps_to_target": spread([p["step"] for p in hit]) if hit else None,
         "steps_to_target_all": spread([censored_steps(r, p, plan.eval_every) for r, p in zip(runs, reached)]),
         "rollouts_to_target": spread([p["rollouts"] for p in hit]) if hit else None,
+        "steps_to_gain": {share: spread([censored_steps(r, first_reaching(r, plan.target_metric, t), plan.eval_every)
+                                         for r in runs]) for share, t in (gains or {}).items()},
+        "reached_gain": {share: sum(first_reaching(r, plan.target_metric, t) is not None for r in runs)
+                         for share, t in (gains or {}).items()},
+        "curve_mean": spread([curve_mean(r, plan.target_metric) for r in runs]),
         "final_heldout_greedy": {m: spread([f["greedy"][m] for f in final]) for m in METRICS},
         "final_heldout_sampled": {m: spread([f["sampled"][m]["mean"] for f in final]) for m in METRICS}
         if plan.eval_seeds else {},
@@ -231,7 +238,7 @@ def _pm(s: dict[str, float] | None, fmt: str = ".3f") -> str:
 
 
 def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: int,
-             paired: dict[str, dict[str, Any]] | None = None) -> str:
+             paired: dict[str, dict[str, Any]] | None = None, gains: dict[float, float] | None = None) -> str:
     lines = [f"Target: `{plan.target_metric}` >= {plan.target} on the fixed evaluation (held-out tasks and training "
              f"roots, every {plan.eval_every} steps, greedy + {plan.eval_seeds} seeds). {steps} training steps per run, "
              f"{_seeds_text(summaries, plan)}; mean ± spread (std over seeds; steps and rollouts over the seeds that "
@@ -256,8 +263,9 @@ def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: in
         lines += [f"| {arm} | {d['seeds']} | {d['steps']['mean']:+.1f} ± {d['steps']['std']:.1f} | "
                   f"{d['frontier_fewer']} / {d['frontier_more']} | {d['final']['mean']:+.3f} ± {d['final']['std']:.3f} |"
                   for arm, d in paired.items()]
-    lines += [""] + [f"ratio frontier/{arm} steps to target (all seeds): {r:.2f}"
-                     for arm, r in step_ratios(summaries).items()]
+    lines += [""] + _ratio_lines(summaries, "target")
+    if gains:
+        lines += _gain_table(summaries, plan, gains)
     return "\n".join(lines) + "\n"
 
 
@@ -266,13 +274,47 @@ def _seeds_text(summaries: dict[str, dict[str, Any]], plan: AblationPlan) -> str
     return f"{plan.seeds} seed(s) per arm" + (f" ({done} run so far)" if done < plan.seeds else "")
 
 
-def step_ratios(summaries: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """frontier's mean steps to target (all seeds, censored) over each other arm's; the claim is <= 0.6."""
+def step_ratios(summaries: dict[str, dict[str, Any]], share: float | None = None) -> dict[str, float]:
+    """frontier's mean steps to target (all seeds, censored) over each other arm's; with `share`,
+    to that share of the gain. The claim is <= 0.6. NaN where no run of either arm got there:
+    both are then the same censored number and their ratio says nothing."""
     if "frontier" not in summaries:
         return {}
-    f = summaries["frontier"]["steps_to_target_all"]["mean"]
-    return {arm: (f / s["steps_to_target_all"]["mean"] if s["steps_to_target_all"]["mean"] else float("nan"))
-            for arm, s in summaries.items() if arm != "frontier"}
+
+    def steps_and_reached(s: dict[str, Any]) -> tuple[float, int]:
+        if share is None:
+            return s["steps_to_target_all"]["mean"], s["reached"]
+        return s["steps_to_gain"][share]["mean"], s["reached_gain"][share]
+
+    f, f_hit = steps_and_reached(summaries["frontier"])
+    out = {}
+    for arm, s in summaries.items():
+        if arm != "frontier":
+            o, o_hit = steps_and_reached(s)
+            out[arm] = f / o if o and (f_hit or o_hit) else float("nan")
+    return out
+
+
+def _ratio_lines(summaries: dict[str, dict[str, Any]], what: str, share: float | None = None) -> list[str]:
+    return [f"ratio frontier/{arm} steps to {what} (all seeds): "
+            + (f"{r:.2f}" if np.isfinite(r) else "not measured (no run of either arm got there)")
+            for arm, r in step_ratios(summaries, share).items()]
+
+
+def _gain_table(summaries: dict[str, dict[str, Any]], plan: AblationPlan, gains: dict[float, float]) -> list[str]:
+    shares = list(gains)
+    lines = ["", f"Without a chosen target: steps to a share of the gain in `{plan.target_metric}`, from the step-0 "
+             f"mean of all runs to the best arm's final mean ({', '.join(f'{s:.0%}: {t:.3f}' for s, t in gains.items())}; "
+             "censored as above), and the curve mean (the metric's mean over the evaluations after step 0).", "",
+             "| arm | " + " | ".join(f"steps to {s:.0%} of the gain | reached" for s in shares) + " | curve mean |",
+             "|---|" + "---|---|" * len(shares) + "---|"]
+    for arm, s in summaries.items():
+        cells = [f"{_pm(s['steps_to_gain'][sh], '.1f')} | {s['reached_gain'][sh]}/{s['seeds']}" for sh in shares]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_pm(s['curve_mean'])} |")
+    lines.append("")
+    for sh in shares:
+        lines += _ratio_lines(summaries, f"{sh:.0%} of the gain", sh)
+    return lines
 
 
 def flat_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -347,9 +389,10 @@ def use_compile_cache() -> str:
 def write_outputs(points: list[dict[str, Any]], plan: AblationPlan, steps: int) -> dict[str, Any]:
     """DIR/ablation.md, ablation.csv, ablation.png of the runs so far; returns the per-arm summaries."""
     arms = [a for a in plan.arms if any(p["arm"] == a for p in points)]
-    summaries = {arm: summarize_arm([p for p in points if p["arm"] == arm], plan) for arm in arms}
+    gains = gain_targets(_runs(points), plan.target_metric, GAIN_SHARES)
+    summaries = {arm: summarize_arm([p for p in points if p["arm"] == arm], plan, gains) for arm in arms}
     with open(os.path.join(plan.out, "ablation.md"), "w") as f:
-        f.write(markdown(summaries, plan, steps, paired_with_frontier(points, plan)))
+        f.write(markdown(summaries, plan, steps, paired_with_frontier(points, plan), gains))
     write_csv(flat_rows(points), os.path.join(plan.out, "ablation.csv"))
     plot(points, plan, os.path.join(plan.out, "ablation.png"))
     return summaries

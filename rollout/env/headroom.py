@@ -3,7 +3,8 @@ its medal thresholds, against the tuned reference score (q = 1)."""
 
 from __future__ import annotations
 
-from typing import Any
+import statistics
+from typing import Any, Iterable
 
 from rollout.env.graders import grade_bytes
 from rollout.env.metrics import aligned
@@ -38,3 +39,31 @@ def headroom_table(rows: list[dict[str, Any]]) -> str:
         out.append(f"| {r['task']} | {r['split']} | {refs} | {default} | {medals} | `{r['best_spec']}` of "
                    f"{r['leaderboard']} |")
     return "\n".join(out)
+
+
+def one_spec_for_all(tasks: Iterable[Task]) -> dict[str, dict[str, Any]]:
+    """Per split: the mean q over its tasks of every spec on all their leaderboards, the best such
+    spec and the median. A policy that writes the best one whatever the task gets its mean q:
+    the part of the gain that needs no task-conditional choice."""
+    by_split: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_split.setdefault(t.config.split, []).append(t)
+    out = {}
+    for split, group in sorted(by_split.items()):
+        common = set.intersection(*(set(t.config.references) for t in group))
+        if not common:
+            continue
+        mean_q = {spec: statistics.fmean(normalized_score(t.config.references[spec], t.config.baseline_score,
+                                                          t.config.reference_score, t.config.direction)
+                                         for t in group) for spec in sorted(common)}
+        best = max(mean_q, key=mean_q.get)
+        out[split] = {"tasks": len(group), "specs": len(mean_q), "best_spec": best, "best_q": mean_q[best],
+                      "median_q": statistics.median(mean_q.values())}
+    return out
+
+
+def one_spec_lines(summary: dict[str, dict[str, Any]]) -> str:
+    """`one_spec_for_all` as lines under the headroom table."""
+    return "\n".join(f"{split}: one spec for all {r['tasks']} tasks, best of {r['specs']} `{r['best_spec']}` mean q "
+                     f"{r['best_q']:.3f}, median spec {r['median_q']:.3f} (each task's own best: 1.000)"
+                     for split, r in summary.items())

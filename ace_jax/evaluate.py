@@ -28,7 +28,9 @@ from rollout.openai_client import OpenAIChatClient
 from rollout.sandbox.base import Limits, Sandbox
 
 MEDAL_ORDER = ("gold", "silver", "bronze")
-METRICS = ("valid_rate", "any_medal_rate", "mean_best_q", "mean_steps_to_first_valid")
+# mean_gain_after_draft: best q over the episode minus the draft's q (0 when invalid), what the
+# agent's debug / improve steps add; 0 for one-step evaluations.
+METRICS = ("valid_rate", "any_medal_rate", "mean_best_q", "mean_steps_to_first_valid", "mean_gain_after_draft")
 
 # items as rollouts.collect builds them: (task, response, mode, truncated, limits, parent q)
 Execute = Callable[[list], list[StepResult]]
@@ -141,7 +143,14 @@ def summarize(results: Sequence[TaskEval], steps: int) -> dict[str, float]:
         "any_medal_rate": float(np.mean([r.medal is not None for r in results])),
         "mean_best_q": float(np.mean([r.best_q for r in results])),
         "mean_steps_to_first_valid": float(np.mean([r.first_valid_step or steps + 1 for r in results])),
+        "mean_gain_after_draft": float(np.mean([r.best_q - draft_q(r) for r in results])),
     }
+
+
+def draft_q(result: TaskEval) -> float:
+    """q of an episode's first step, 0 when it made no valid submission (or never ran)."""
+    first = result.steps[0] if result.steps else None
+    return float(first["q"]) if first is not None and first["valid"] else 0.0
 
 
 def evaluate(policy: Policy, tasks: dict[str, Task], sandbox: Sandbox, *, steps: int = 4,

@@ -16,7 +16,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _eval(q, valid):
-    one = {"valid_rate": valid, "any_medal_rate": 0.0, "mean_best_q": q, "mean_steps_to_first_valid": 2.0}
+    one = {"valid_rate": valid, "any_medal_rate": 0.0, "mean_best_q": q, "mean_steps_to_first_valid": 2.0,
+           "mean_gain_after_draft": 0.0}
     sampled = {m: {"mean": v, "std": 0.0} for m, v in one.items()}
     return {s: {"greedy": one, "sampled": sampled} for s in ("heldout", "roots")}
 

@@ -89,6 +89,9 @@ def test_report_and_eval_of_a_run(tmp_path, capsys):
     assert 0.0 <= summary["valid_rate"] <= 1.0 and 1.0 <= summary["mean_steps_to_first_valid"] <= 3.0
     for task in summary["per_task"]:
         assert len(task["steps"]) == 2 and task["steps"][0]["operator"] == "draft"
+    # What the steps after the draft added: best q minus the draft's q (0 for an invalid draft).
+    gains = [t["best_q"] - (t["steps"][0]["q"] if t["steps"][0]["valid"] else 0.0) for t in summary["per_task"]]
+    assert summary["mean_gain_after_draft"] == pytest.approx(np.mean(gains)) and min(gains) >= 0.0
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 
@@ -153,7 +156,7 @@ def test_heldout_before_and_after_are_in_the_summary_and_survive_a_resume(tmp_pa
     for result in (before, after):
         assert result["tasks"] == 4 and result["seeds"] == 2 and result["temperature"] == 1.0
         assert set(result["greedy"]) == set(result["sampled"]) == {
-            "valid_rate", "any_medal_rate", "mean_best_q", "mean_steps_to_first_valid"}
+            "valid_rate", "any_medal_rate", "mean_best_q", "mean_steps_to_first_valid", "mean_gain_after_draft"}
         for m in result["sampled"].values():
             assert m["std"] >= 0.0 and 0.0 <= m["mean"] <= 3.0
         assert 1.0 <= result["greedy"]["mean_steps_to_first_valid"] <= 3.0

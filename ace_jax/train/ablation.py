@@ -192,8 +192,9 @@ def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan,
         "reached_gain": {share: sum(first_reaching(r, plan.target_metric, t) is not None for r in runs)
                          for share, t in (gains or {}).items()},
         "curve_mean": spread([curve_mean(r, plan.target_metric) for r in runs]),
-        "final_heldout_greedy": {m: spread([f["greedy"][m] for f in final]) for m in METRICS},
-        "final_heldout_sampled": {m: spread([f["sampled"][m]["mean"] for f in final]) for m in METRICS}
+        "final_heldout_greedy": {m: spread([f["greedy"].get(m, np.nan) for f in final]) for m in METRICS},
+        "final_heldout_sampled": {m: spread([f["sampled"].get(m, {"mean": np.nan})["mean"] for f in final])
+                                  for m in METRICS}
         if plan.eval_seeds else {},
         "final_target_metric": spread([metric_value(r[-1]["eval"], plan.target_metric) for r in runs]),
         "zero_variance_share": spread([zero_variance_share(r[-1]) for r in runs]),
@@ -323,11 +324,11 @@ def flat_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for p in points:
         row = {k: p[k] for k in ("arm", "seed", "step", "rollouts", "groups", "zero_variance_groups", "train_reward")}
         for s, ev in p["eval"].items():
-            for m in METRICS:
-                row[f"{s}.greedy.{m}"] = ev["greedy"][m]
+            for m in METRICS:   # points saved before a metric existed lack it: NaN
+                row[f"{s}.greedy.{m}"] = ev["greedy"].get(m, np.nan)
                 if ev["sampled"]:
-                    row[f"{s}.sampled.{m}"] = ev["sampled"][m]["mean"]
-                    row[f"{s}.sampled.{m}.std"] = ev["sampled"][m]["std"]
+                    row[f"{s}.sampled.{m}"] = ev["sampled"].get(m, {"mean": np.nan})["mean"]
+                    row[f"{s}.sampled.{m}.std"] = ev["sampled"].get(m, {"std": np.nan})["std"]
         rows.append(row)
     return rows
 

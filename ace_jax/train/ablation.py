@@ -166,6 +166,14 @@ def censored_steps(run: list[dict[str, Any]], reached: dict[str, Any] | None, ev
     return int(reached["step"]) if reached is not None else int(run[-1]["step"]) + eval_every
 
 
+def _stored(evaluation: dict[str, Any], kind: str, metric: str, field: str = "mean") -> float:
+    """One set's greedy value, or a sampled metric's `field`; NaN for points saved before the metric existed."""
+    value = evaluation[kind].get(metric)
+    if value is None:
+        return float("nan")
+    return float(value[field] if kind == "sampled" else value)
+
+
 def _runs(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """The evaluation points of each (arm, seed), in order."""
     keys = dict.fromkeys((p["arm"], p["seed"]) for p in points)
@@ -181,20 +189,19 @@ def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan,
     runs = [[p for p in points if p["seed"] == s] for s in seeds]
     reached = [first_reaching(r, plan.target_metric, plan.target) for r in runs]
     hit = [p for p in reached if p is not None]
+    gain_hits = {share: [first_reaching(r, plan.target_metric, t) for r in runs] for share, t in (gains or {}).items()}
     final = [r[-1]["eval"]["heldout"] for r in runs]
     return {
         "seeds": len(seeds), "reached": len(hit),
         "steps_to_target": spread([p["step"] for p in hit]) if hit else None,
         "steps_to_target_all": spread([censored_steps(r, p, plan.eval_every) for r, p in zip(runs, reached)]),
         "rollouts_to_target": spread([p["rollouts"] for p in hit]) if hit else None,
-        "steps_to_gain": {share: spread([censored_steps(r, first_reaching(r, plan.target_metric, t), plan.eval_every)
-                                         for r in runs]) for share, t in (gains or {}).items()},
-        "reached_gain": {share: sum(first_reaching(r, plan.target_metric, t) is not None for r in runs)
-                         for share, t in (gains or {}).items()},
+        "steps_to_gain": {share: spread([censored_steps(r, p, plan.eval_every) for r, p in zip(runs, hits)])
+                          for share, hits in gain_hits.items()},
+        "reached_gain": {share: sum(p is not None for p in hits) for share, hits in gain_hits.items()},
         "curve_mean": spread([curve_mean(r, plan.target_metric) for r in runs]),
-        "final_heldout_greedy": {m: spread([f["greedy"].get(m, np.nan) for f in final]) for m in METRICS},
-        "final_heldout_sampled": {m: spread([f["sampled"].get(m, {"mean": np.nan})["mean"] for f in final])
-                                  for m in METRICS}
+        "final_heldout_greedy": {m: spread([_stored(f, "greedy", m) for f in final]) for m in METRICS},
+        "final_heldout_sampled": {m: spread([_stored(f, "sampled", m) for f in final]) for m in METRICS}
         if plan.eval_seeds else {},
         "final_target_metric": spread([metric_value(r[-1]["eval"], plan.target_metric) for r in runs]),
         "zero_variance_share": spread([zero_variance_share(r[-1]) for r in runs]),
@@ -324,11 +331,11 @@ def flat_rows(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for p in points:
         row = {k: p[k] for k in ("arm", "seed", "step", "rollouts", "groups", "zero_variance_groups", "train_reward")}
         for s, ev in p["eval"].items():
-            for m in METRICS:   # points saved before a metric existed lack it: NaN
-                row[f"{s}.greedy.{m}"] = ev["greedy"].get(m, np.nan)
+            for m in METRICS:
+                row[f"{s}.greedy.{m}"] = _stored(ev, "greedy", m)
                 if ev["sampled"]:
-                    row[f"{s}.sampled.{m}"] = ev["sampled"].get(m, {"mean": np.nan})["mean"]
-                    row[f"{s}.sampled.{m}.std"] = ev["sampled"].get(m, {"std": np.nan})["std"]
+                    row[f"{s}.sampled.{m}"] = _stored(ev, "sampled", m)
+                    row[f"{s}.sampled.{m}.std"] = _stored(ev, "sampled", m, "std")
         rows.append(row)
     return rows
 

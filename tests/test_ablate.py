@@ -2,6 +2,8 @@
 
 import csv
 import dataclasses
+import json
+import shutil
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from ace_jax.commands.demo import DEMO_CONFIG
 from ace_jax.train.ablation import (AblationPlan, first_reaching, markdown, paired_with_frontier, step_ratios,
                                    summarize_arm)
 from ace_jax.train.ablation_gain import curve_mean, gain_targets
+from ace_jax.train.ablation_points import (SavedPoints, eval_steps, load_points, move_aside, points_before, run_key,
+                                          save_points)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -109,6 +113,45 @@ def test_arms_are_paired_with_frontier_seed_by_seed():
     assert "5 seed(s) per arm (2 run so far)" in table and "| uniform | 2 | +0.0 ± 4.0 | 1 / 1 |" in table
 
 
+def test_a_runs_key_ignores_where_it_lives_but_not_its_config():
+    config = {"train": {"run_dir": "a/frontier/seed0", "seed": 0}, "optimizer": {"learning_rate": 1e-3}}
+    moved = {**config, "train": {**config["train"], "run_dir": "copy/frontier/seed0"}}
+    changed = {**config, "optimizer": {"learning_rate": 3e-3}}
+    assert run_key(config, 1, 8) == run_key(moved, 1, 8)
+    assert run_key(config, 1, 8) != run_key(changed, 1, 8) and run_key(config, 1, 8) != run_key(config, 2, 8)
+    assert config["train"]["run_dir"] == "a/frontier/seed0"   # the caller's dict is left alone
+
+
+def test_saved_points_round_trip_and_a_corrupt_file_is_named(tmp_path):
+    points = [{"step": 0, "eval": {}}, {"step": 1, "eval": {}}]
+    assert load_points(str(tmp_path / "run"), "k") is None
+    save_points(str(tmp_path / "run"), "k", points, complete=False)
+    assert load_points(str(tmp_path / "run"), "k") == SavedPoints(points, False)
+    assert load_points(str(tmp_path / "run"), "other config") is None
+    (tmp_path / "run" / "points.json").write_text('{"key": "k", "points": [')
+    with pytest.raises(ValueError, match="points.json is not a run's evaluation points"):
+        load_points(str(tmp_path / "run"), "k")
+
+
+def test_a_resumed_run_keeps_the_points_before_its_checkpoint_only_when_they_are_all_there():
+    assert eval_steps(8, 1) == list(range(9)) and eval_steps(8, 3) == [0, 3, 6, 8]
+    saved = SavedPoints([{"step": s} for s in (0, 3, 6)], complete=False)
+    assert points_before(saved, 6, 8, 3) == [{"step": 0}, {"step": 3}]   # step 6 is evaluated again
+    assert points_before(saved, 0, 8, 3) == []                           # killed after the warm start
+    assert points_before(saved, 4, 8, 3) is None                         # a checkpoint off the evaluation grid
+    assert points_before(SavedPoints([{"step": 0}], False), 6, 8, 3) is None   # step 3's evaluation is missing
+    assert points_before(None, 6, 8, 3) is None and points_before(None, 0, 8, 3) == []
+
+
+def test_moving_a_run_aside_never_overwrites_an_earlier_one(tmp_path):
+    run = tmp_path / "seed0"
+    for n in (1, 2):
+        run.mkdir()
+        (run / "mark").write_text(str(n))
+        assert move_aside(str(run)) == f"{run}.unused-{n}"
+    assert [(tmp_path / f"seed0.unused-{n}" / "mark").read_text() for n in (1, 2)] == ["1", "2"] and not run.exists()
+
+
 @pytest.mark.slow
 def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     out = tmp_path / "ablation"
@@ -135,3 +178,24 @@ def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     assert int(rows[2]["groups"]) == 4 and 0 <= int(rows[2]["zero_variance_groups"]) <= 4
     assert (out / "ablation.png").read_bytes()[:8] == PNG
     assert (out / "frontier" / "seed0" / "metrics.jsonl").is_file()
+
+    # A copy of the directory reuses its finished runs: a run's key does not hold where it lives.
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    on_copy = [str(copy) if part == str(out) else part for part in command]
+    assert main(on_copy) == 0
+    assert capsys.readouterr().out.count("finished before, its points reused") == 2
+    # As if killed: roots-only after its step-1 evaluation (its last checkpoint is at step 2), and
+    # frontier with its points lost but its checkpoints kept. roots-only resumes and keeps its
+    # first two points; frontier is moved aside, not overwritten, and trained again. Both end as
+    # the uninterrupted runs did.
+    roots = copy / "roots-only" / "seed0" / "points.json"
+    saved = json.loads(roots.read_text())
+    roots.write_text(json.dumps({**saved, "points": saved["points"][:2], "complete": False}))
+    (copy / "frontier" / "seed0" / "points.json").unlink()
+    assert main(on_copy) == 0
+    printed = capsys.readouterr().out
+    assert "roots-only seed 0: resumed at step 2, 2 earlier evaluation(s) kept" in printed
+    assert f"moved to {copy / 'frontier' / 'seed0'}.unused-1, trained again" in printed
+    assert (copy / "frontier" / "seed0.unused-1" / "metrics.jsonl").is_file()
+    assert list(csv.DictReader(open(copy / "ablation.csv"))) == rows

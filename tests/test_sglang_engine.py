@@ -166,7 +166,8 @@ def test_pause_abort_answers_held_requests_as_aborted(attached, local, server):
     aborted_before = _server_state(server.url)["aborted"]
     with attached.paused("in_place"):
         thread, out = _in_thread(attached.generate, reqs)
-        _wait_pending(server.url, 1)
+        # Both must be queued: one arriving after the abort waits, paused, for the continue.
+        _wait_pending(server.url, len(reqs))
         attached.pause_generation("abort")
         thread.join(timeout=60)
         assert not thread.is_alive()

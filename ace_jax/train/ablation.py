@@ -10,8 +10,9 @@ reaches `target`, and the held-out results at the end, as mean and spread over s
 
 The warm start depends only on the seed, so it runs once per seed and its parameters are
 reused by the other arms; the persistent execution cache makes repeated scripts free. Each
-finished run leaves its evaluation points in DIR/ARM/seedN/points.json with its config: the same
-command again (killed, or with more seeds or arms) reuses the runs whose config is unchanged.
+run saves its evaluation points in DIR/ARM/seedN/points.json as it goes: the same command again
+(killed, with more seeds or arms, or on a copy of DIR) reuses the finished runs whose config is
+unchanged and resumes a killed one (`ablation_points`).
 Besides per-arm spreads the table pairs each arm with `frontier` seed by seed (same seed, same
 warm start), which takes out the spread between seeds' warm starts.
 """
@@ -30,6 +31,7 @@ import numpy as np
 from ace_jax.config import ExperimentConfig, load_config
 from ace_jax.evaluate import METRICS
 from ace_jax.train.ablation_gain import GAIN_SHARES, curve_mean, gain_targets, lower_is_better, metric_value
+from ace_jax.train.ablation_points import load_points, move_aside, points_before, run_key, save_points
 from ace_jax.train.heldout import evaluate_policy, pool_executor, spread
 
 ARMS: dict[str, tuple[str, ...]] = {
@@ -78,34 +80,14 @@ def first_reaching(points: Sequence[dict[str, Any]], name: str, target: float) -
     return None
 
 
-POINTS_FILE = "points.json"
-
-
 def _run_key(plan: AblationPlan, arm: str, seed: int) -> str:
-    """What a finished run's points depend on: its config (warm-started) and the evaluation plan."""
-    cfg = arm_config(plan, arm, seed, warm=True).to_dict()
-    return json.dumps({"config": cfg, "eval_every": plan.eval_every, "eval_seeds": plan.eval_seeds},
-                      sort_keys=True, default=str)
+    return run_key(arm_config(plan, arm, seed, warm=True).to_dict(), plan.eval_every, plan.eval_seeds)
 
 
 def finished_points(plan: AblationPlan, arm: str, seed: int) -> list[dict[str, Any]] | None:
-    """The points of an earlier run of this (arm, seed) with the same config, else None."""
-    path = os.path.join(run_path(plan, arm, seed), POINTS_FILE)
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a finished run's points ({e}); delete it to run that arm and seed again") from e
-    return saved["points"] if saved.get("key") == _run_key(plan, arm, seed) else None
-
-
-def save_points(plan: AblationPlan, arm: str, seed: int, points: list[dict[str, Any]]) -> None:
-    path = os.path.join(run_path(plan, arm, seed), POINTS_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump({"key": _run_key(plan, arm, seed), "points": points}, f, default=float)
-    os.replace(path + ".tmp", path)
+    """The points of an earlier, finished run of this (arm, seed) with the same config, else None."""
+    saved = load_points(run_path(plan, arm, seed), _run_key(plan, arm, seed))
+    return saved.points if saved is not None and saved.complete else None
 
 
 def run_path(plan: AblationPlan, arm: str, seed: int) -> str:
@@ -119,19 +101,42 @@ def arm_config(plan: AblationPlan, arm: str, seed: int, warm: bool) -> Experimen
     return cfg if warm else dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, warmstart_steps=0))
 
 
+def _trainer(plan: AblationPlan, arm: str, seed: int, warm: bool, echo: Callable[[str], None]):
+    """The run's trainer and the points it keeps: a fresh one, or one resumed from a checkpoint
+    with the saved points before it; a run whose points cannot be kept is moved aside first."""
+    from ace_jax.train.loop import Trainer
+
+    cfg = arm_config(plan, arm, seed, warm=warm)
+    trainer = Trainer(cfg, echo=lambda line: None)
+    if trainer.step == 0 and not trainer.warm_started:
+        return trainer, []
+    path = run_path(plan, arm, seed)
+    saved = load_points(path, _run_key(plan, arm, seed))
+    kept = points_before(saved, trainer.step, cfg.train.steps, plan.eval_every)
+    if kept is not None:
+        echo(f"{arm} seed {seed}: resumed at step {trainer.step}, {len(kept)} earlier evaluation(s) kept")
+        return trainer, kept
+    trainer.close()
+    echo(f"{arm} seed {seed}: {path} holds a checkpoint at step {trainer.step} without this config's evaluations "
+         f"before it; moved to {move_aside(path)}, trained again")
+    return Trainer(cfg, echo=lambda line: None), []
+
+
 def run_one(plan: AblationPlan, arm: str, seed: int, warm_params: dict[int, Any],
             echo: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Train one (arm, seed) for the config's `train.steps`; the fixed evaluation every `eval_every` steps."""
-    from ace_jax.train.loop import Trainer, select_tasks
+    """Train one (arm, seed) for the config's `train.steps`; the fixed evaluation every `eval_every`
+    steps, saved after each one."""
+    from ace_jax.train.loop import select_tasks
 
-    cfg = arm_config(plan, arm, seed, warm=seed not in warm_params)
-    trainer = Trainer(cfg, echo=lambda line: None)
+    trainer, points = _trainer(plan, arm, seed, seed not in warm_params, echo)
+    cfg, path, key = trainer.cfg, run_path(plan, arm, seed), _run_key(plan, arm, seed)
     try:
-        if trainer.step == 0 and seed in warm_params:   # the seed's warm start, run by an earlier arm
+        fresh = trainer.step == 0
+        if fresh and not trainer.warm_started and seed in warm_params:   # the seed's warm start, run by an earlier arm
             trainer.state = trainer.state._replace(params=jax.tree.map(jax.numpy.asarray, warm_params[seed]))
             trainer.engine.update_weights(trainer.state.params, weight_version="warmstart")
-        trainer.run(0 if trainer.step == 0 else trainer.step)      # the warm start, when this arm runs it
-        if seed not in warm_params:
+        trainer.run(trainer.step)      # the warm start, when this arm runs it
+        if fresh and seed not in warm_params:   # a run resumed later than step 0 holds no warm start to share
             warm_params[seed] = jax.tree.map(np.asarray, trainer.state.params)
         sets = {"heldout": select_tasks("heldout"), "roots": trainer.tasks}
         execute = pool_executor(trainer.pool, trainer.exec_cache)
@@ -142,7 +147,6 @@ def run_one(plan: AblationPlan, arm: str, seed: int, warm_params: dict[int, Any]
                                           temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                                           limits=trainer.limits, seed=1_000 + seed) for name, tasks in sets.items()}
 
-        points = []
         while True:
             groups = sum(h["states"] for h in trainer.history)
             rollouts = groups * cfg.rollout.group_size
@@ -151,9 +155,11 @@ def run_one(plan: AblationPlan, arm: str, seed: int, warm_params: dict[int, Any]
             points.append({"arm": arm, "seed": seed, "step": trainer.step, "rollouts": rollouts,
                            "groups": groups, "zero_variance_groups": sum(h["zero_variance_groups"] for h in trainer.history),
                            "train_reward": reward, "eval": fixed_eval()})
+            done = trainer.step >= cfg.train.steps
+            save_points(path, key, points, complete=done)
             echo(f"{arm} seed {seed} step {trainer.step}: {plan.target_metric} "
                  f"{metric_value(points[-1]['eval'], plan.target_metric):.3f} | train reward {reward:.3f}")
-            if trainer.step >= cfg.train.steps:
+            if done:
                 return points
             trainer.run(min(trainer.step + plan.eval_every, cfg.train.steps))
     finally:
@@ -422,7 +428,6 @@ def run_ablation(plan: AblationPlan, echo: Callable[[str], None] = print) -> dic
                 echo(f"{arm} seed {seed}: finished before, its points reused ({run_path(plan, arm, seed)})")
             else:
                 run = run_one(plan, arm, seed, warm_params, echo)
-                save_points(plan, arm, seed, run)
             points += run
             summaries = write_outputs(points, plan, steps)
     return summaries

@@ -153,6 +153,15 @@ def draft_q(result: TaskEval) -> float:
     return float(first["q"]) if first is not None and first["valid"] else 0.0
 
 
+def draft_answer(result: TaskEval) -> str | None:
+    """The first line of an episode's first valid submission's code (the spec in spec mode), None
+    when its first step was not valid."""
+    first = result.steps[0] if result.steps else None
+    if first is None or not first["valid"] or not first["code"].strip():
+        return None
+    return first["code"].strip().splitlines()[0]
+
+
 def evaluate(policy: Policy, tasks: dict[str, Task], sandbox: Sandbox, *, steps: int = 4,
              temperature: float = 0.0, max_new_tokens: int = 64, limits: Limits = Limits(), seed: int = 0,
              echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from ace_jax.cli import main
 from ace_jax.commands.demo import DEMO_CONFIG
 from ace_jax.train.ablation import (AblationPlan, first_reaching, markdown, paired_with_frontier, step_ratios,
                                    summarize_arm)
+from ace_jax.train.ablation_answers import answer_spread, answers_summary
 from ace_jax.train.ablation_gain import curve_mean, gain_targets
 from ace_jax.train.ablation_points import (SavedPoints, eval_steps, load_points, move_aside, points_before, run_key,
                                           save_points)
@@ -94,6 +95,32 @@ def test_a_target_no_run_reaches_gives_no_ratio_and_the_gain_view_still_compares
     assert lower == {0.5: 2.0, 0.8: 2.0}   # every point says 2.0 steps: no gain
 
 
+def _with_drafts(point, heldout, roots):
+    point = {**point, "eval": {**point["eval"]}}
+    for name, drafts in (("heldout", heldout), ("roots", roots)):
+        point["eval"][name] = {**point["eval"][name], "per_task_greedy": {
+            f"t{i}": {"valid": d is not None, "best_q": 0.5, "medal": None, "draft": d} for i, d in enumerate(drafts)}}
+    return point
+
+
+def test_answers_count_the_distinct_greedy_drafts_over_the_fixed_evaluations_tasks():
+    gbm, rf = "model=gbm max_depth=3", "model=rf"
+    start, end = _points("frontier", 0, [0.5, 0.9])
+    run0 = [_with_drafts(start, [gbm, rf], [rf, None]), _with_drafts(end, [gbm, gbm], [gbm, gbm])]
+    run1 = [_with_drafts(start, [gbm, rf], [rf, rf]), _with_drafts(end, [rf, gbm], [None, rf])]
+    assert answer_spread(run0[0]) == {"distinct": 2.0, "modal_share": 0.5, "tasks": 4.0}   # the invalid one not counted
+    assert answer_spread(run0[1]) == {"distinct": 1.0, "modal_share": 1.0, "tasks": 4.0}   # one answer for every task
+    a = answers_summary([run0, run1])
+    assert a["tasks"] == 4 and a["distinct_first"]["mean"] == 2.0 and a["distinct_last"] == {"mean": 1.5, "std": 0.5}
+    assert a["modal_share_last"]["mean"] == pytest.approx((1.0 + 0.5) / 2) and a["modal_draft"] == gbm
+    # Points saved before drafts were recorded give no answers table.
+    assert answers_summary([_points("frontier", 0, [0.5, 0.9])]) is None
+    plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1)
+    table = markdown({"frontier": summarize_arm(run0 + [{**p, "seed": 1} for p in run1], plan)}, plan, steps=2)
+    assert "| frontier | 2.0 -> 1.5 ± 0.5 | 0.75 ± 0.25 | `model=gbm max_depth=3` |" in table
+    assert "Answers:" not in markdown({"frontier": summarize_arm(_points("frontier", 0, [0.5]), plan)}, plan, steps=2)
+
+
 def test_arms_are_paired_with_frontier_seed_by_seed():
     plan = AblationPlan(config=None, target=0.8, target_metric="roots.sampled.mean_best_q", eval_seeds=1,
                         eval_every=2)
@@ -164,6 +191,7 @@ def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     table = (out / "ablation.md").read_text()
     assert "| frontier | " in table and "| roots-only | " in table and table in capsys.readouterr().out
     assert "Paired with `frontier`" in table and "| roots-only | 1 | " in table and "of the gain" in table
+    assert "| frontier | " in table.split("Answers:")[1] and "| roots-only | " in table.split("Answers:")[1]
     # The same command again reuses both finished runs (same config): same table, nothing trained.
     assert main(command) == 0
     assert capsys.readouterr().out.count("finished before, its points reused") == 2

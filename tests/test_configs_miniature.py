@@ -45,14 +45,21 @@ def _task_dir(path: Path) -> Path:
     return path
 
 
-def _shrink(config: Path, tmp_path: Path) -> list[str]:
+@pytest.fixture(scope="module")
+def exec_cache(tmp_path_factory) -> Path:
+    """One execution cache for every config, as on a user's machine: a script one run executed
+    is not executed again by the next."""
+    return tmp_path_factory.mktemp("exec-cache")
+
+
+def _shrink(config: Path, tmp_path: Path, exec_cache: Path) -> list[str]:
     """Overrides that only make the shipped config smaller (and CPU-runnable)."""
     raw = load_config(config)
     common = [f"train.run_dir={tmp_path / 'run'}", "train.steps=2", "train.checkpoint_every=1",
               "train.micro_batches=1", "rollout.states_per_step=2", "rollout.group_size=4", "rollout.oversample=1",
               "rollout.engine=jax", f"env.tasks={_task_dir(tmp_path / 'tasks')}", "env.workers=2",
               "env.timeout_s=60", "curriculum.capacity=64", "optimizer.warmup_steps=0",
-              f"env.exec_cache_dir={tmp_path / 'exec-cache'}", "train.heldout_steps=1",
+              f"env.exec_cache_dir={exec_cache}", "train.heldout_steps=1",
               "train.heldout_seeds=1"]
     if raw.mesh is None:
         common.append("mesh=fsdp_ep")   # the demo runs single-device; in CI it runs expert parallel too
@@ -66,8 +73,8 @@ def _shrink(config: Path, tmp_path: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_shipped_config_runs_in_miniature(config, tmp_path):
-    cfg = load_config(config, _shrink(config, tmp_path))
+def test_shipped_config_runs_in_miniature(config, tmp_path, exec_cache):
+    cfg = load_config(config, _shrink(config, tmp_path, exec_cache))
     trainer = Trainer(cfg, echo=print)
     try:
         summary = trainer.run()

@@ -175,6 +175,13 @@ def _demo_run(run_dir, executor: str) -> tuple[list[dict], list]:
 def test_demo_run_on_ray_equals_local_on_the_same_seed(tmp_path, ray_cluster):
     import numpy as np
 
+    import shutil
+
+    from ace_jax.train.warm_checkpoint import write_warm_checkpoint
+
+    warm = write_warm_checkpoint(_trainer_config(tmp_path / "warm", "local"))   # one warm start for both runs
+    for name in ("local", "ray"):
+        shutil.copytree(warm, tmp_path / name)
     local_records, local_params = _demo_run(tmp_path / "local", "local")
     ray_records, ray_params = _demo_run(tmp_path / "ray", "ray")
     assert ray_records == local_records and len(ray_records) == 1

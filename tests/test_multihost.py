@@ -1,6 +1,7 @@
 """A multi-host launch on one machine: 2 processes x 4 CPU devices joined by jax.distributed
 on localhost equal 1 process x 8 devices on the same mesh and seed (rewards, losses,
-executions, one metrics line per step), each rollout executed once, and the run exports.
+executions, one metrics line per step), each rollout executed once, and the run exports; the
+same in train.mode async.
 
 Both runs start from one warm start, run by the two processes (`train.steps=0` checkpoints the
 warm-started policy at step 0) and copied: the warm start trains at a constant lr 1e-2 until its
@@ -56,10 +57,17 @@ def _launch(run_dir: Path, devices: int, processes: int, extra: tuple[str, ...] 
     return outputs
 
 
-def warm_runs(tmp_path: Path, names: tuple[str, ...], extra: tuple[str, ...] = ()) -> list[Path]:
-    """Run directories that each hold a copy of one step-0 checkpoint: the warm start of two processes."""
-    warm = tmp_path / "warm"
-    _launch(warm, devices=4, processes=2, extra=(*extra, "train.steps=0"))
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory) -> Path:
+    """A run directory holding one step-0 checkpoint: the warm start of two processes. The
+    warm start does not depend on train.mode, so the sync and the async test share it."""
+    warm = tmp_path_factory.mktemp("multihost") / "warm"
+    _launch(warm, devices=4, processes=2, extra=("train.steps=0",))
+    return warm
+
+
+def copies(warm: Path, tmp_path: Path, names: tuple[str, ...]) -> list[Path]:
+    """Run directories that each hold a copy of the warm start."""
     runs = [tmp_path / name for name in names]
     for run in runs:
         shutil.copytree(warm, run)
@@ -71,8 +79,8 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_on_the_same_mesh(tmp_path):
-    single, multi = warm_runs(tmp_path, ("single", "multi"))
+def test_two_processes_equal_one_process_on_the_same_mesh(warm, tmp_path):
+    single, multi = copies(warm, tmp_path, ("single", "multi"))
     _launch(single, devices=8, processes=1)
     outputs = _launch(multi, devices=4, processes=2)
     assert "resumed" in outputs[0] and "warm start 1/" not in outputs[0]  # from the copy, not a second warm start
@@ -105,3 +113,25 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     import transformers
     transformers.AutoModelForCausalLM.from_pretrained(out)
+
+
+ASYNC = ("train.mode=async", "train.max_staleness=1")
+
+
+@pytest.mark.slow
+def test_async_on_two_processes_equals_one_process(warm, tmp_path):
+    """train.mode async on two processes sharing one mesh equals one process on that mesh: the
+    staleness gate fixes the order of generations and updates whatever the timing, so every
+    process takes the same steps with the same weights (and shares the executions)."""
+    single, multi = copies(warm, tmp_path, ("single", "multi"))
+    _launch(single, devices=8, processes=1, extra=ASYNC)
+    _launch(multi, devices=4, processes=2, extra=ASYNC)
+    one, two = _metrics(single), _metrics(multi)
+    assert [r["step"] for r in two] == list(range(STEPS))
+    # Equal on every step (losses to rounding), from one warm start.
+    for a, b in zip(one, two):
+        for key in ("reward_mean", "informative_groups", "executions", "staleness", "weight_version"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+        if "loss" in a:
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-3, abs=1e-6)
+        assert b["staleness"] <= 1

@@ -160,6 +160,10 @@ def test_heldout_before_and_after_are_in_the_summary_and_survive_a_resume(tmp_pa
         for m in result["sampled"].values():
             assert m["std"] >= 0.0 and 0.0 <= m["mean"] <= 3.0
         assert 1.0 <= result["greedy"]["mean_steps_to_first_valid"] <= 3.0
+        # Each task's greedy draft is recorded (its spec), None where the draft was not valid.
+        rows = result["per_task_greedy"].values()
+        assert any(r["draft"] is not None for r in rows)
+        assert all(r["draft"] is None or (r["valid"] and r["draft"].startswith("model=")) for r in rows)
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["heldout_before"] == before
     summary = _run_with_heldout(run_dir, 2)

@@ -30,6 +30,7 @@ import numpy as np
 
 from ace_jax.config import ExperimentConfig, load_config
 from ace_jax.evaluate import METRICS
+from ace_jax.train.ablation_answers import answers_lines, answers_summary
 from ace_jax.train.ablation_gain import GAIN_SHARES, curve_mean, gain_targets, lower_is_better, metric_value
 from ace_jax.train.ablation_points import load_points, move_aside, points_before, run_key, save_points
 from ace_jax.train.heldout import evaluate_policy, pool_executor, spread
@@ -211,6 +212,7 @@ def summarize_arm(points: list[dict[str, Any]], plan: AblationPlan,
         if plan.eval_seeds else {},
         "final_target_metric": spread([metric_value(r[-1]["eval"], plan.target_metric) for r in runs]),
         "zero_variance_share": spread([zero_variance_share(r[-1]) for r in runs]),
+        "answers": answers_summary(runs),
     }
 
 
@@ -280,6 +282,7 @@ def markdown(summaries: dict[str, dict[str, Any]], plan: AblationPlan, steps: in
     lines += [""] + _ratio_lines(summaries, "target")
     if gains:
         lines += _gain_table(summaries, plan, gains)
+    lines += answers_lines(summaries)
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ace_jax.evaluate import METRICS, Episode, Execute, run_episodes, summarize
+from ace_jax.evaluate import METRICS, Episode, Execute, draft_answer, run_episodes, summarize
 from ace_jax.train.rollouts import _run_one
 
 HELDOUT_FILE = "heldout.json"
@@ -52,7 +52,8 @@ def evaluate_policy(engine, codec, tasks: dict, execute: Execute, *, steps: int,
     return {"tasks": n, "steps": steps, "seeds": seeds, "temperature": temperature,
             "greedy": summarize(evals[:n], steps),
             "sampled": {m: spread([p[m] for p in per_seed]) for m in METRICS} if seeds else {},
-            "per_task_greedy": {e.task: {"valid": e.valid, "best_q": e.best_q, "medal": e.medal} for e in evals[:n]}}
+            "per_task_greedy": {e.task: {"valid": e.valid, "best_q": e.best_q, "medal": e.medal,
+                                         "draft": draft_answer(e)} for e in evals[:n]}}
 
 
 def format_table(before: dict[str, Any], after: dict[str, Any]) -> str:

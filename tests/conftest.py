@@ -22,8 +22,9 @@ def pytest_configure(config):
         import jax
     except ImportError:  # pragma: no cover
         return
-    jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
     jax.config.update("jax_default_matmul_precision", "highest")
 
 

@@ -96,6 +96,12 @@ def test_shipped_config_runs_in_miniature(config, tmp_path, exec_cache):
         # One compile per batch shape (length bucket) the updates used, none per step.
         shapes = {r["batch_tokens"] for r in records if r["informative_groups"] > 0}
         assert rl_updates >= 1 and summary["train_step_compiles"] == len(shapes)
+    if cfg.env.mode == "spec" and cfg.train.heldout_eval:
+        # One agent step per held-out task: its greedy draft (a spec) is recorded exactly when it was valid.
+        rows = json.loads((run / "heldout.json").read_text())["after"]["per_task_greedy"].values()
+        assert any(r["valid"] for r in rows)
+        assert all((r["draft"] is not None) == r["valid"] and (r["draft"] or "model=").startswith("model=")
+                   for r in rows)
     assert all(0 <= r["executions"] <= r["states"] * cfg.rollout.group_size for r in records)
     out = tmp_path / "export"
     done = subprocess.run([sys.executable, "-m", "ace_jax.cli", "export", "--run", str(run), "--out", str(out),

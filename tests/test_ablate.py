@@ -227,3 +227,8 @@ def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
     assert f"moved to {copy / 'frontier' / 'seed0'}.unused-1, trained again" in printed
     assert (copy / "frontier" / "seed0.unused-1" / "metrics.jsonl").is_file()
     assert list(csv.DictReader(open(copy / "ablation.csv"))) == rows
+    # Another config in the same directory: its earlier run is moved aside, not overwritten.
+    assert main([*on_copy[:on_copy.index("--arms")], "--arms", "roots-only", *on_copy[on_copy.index("--out"):],
+                 "optimizer.learning_rate=1e-3"]) == 0
+    assert f"holds a run of another config; moved to {copy / 'roots-only' / 'seed0'}.unused-1" in capsys.readouterr().out
+    assert json.loads((copy / "roots-only" / "seed0.unused-1" / "points.json").read_text())["points"] == saved["points"]

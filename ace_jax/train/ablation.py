@@ -32,7 +32,7 @@ from ace_jax.config import ExperimentConfig, load_config
 from ace_jax.evaluate import METRICS
 from ace_jax.train.ablation_answers import answers_lines, answers_summary
 from ace_jax.train.ablation_gain import GAIN_SHARES, curve_mean, gain_targets, lower_is_better, metric_value
-from ace_jax.train.ablation_points import load_points, move_aside, points_before, run_key, save_points
+from ace_jax.train.ablation_points import POINTS_FILE, load_points, move_aside, points_before, run_key, save_points
 from ace_jax.train.heldout import evaluate_policy, pool_executor, spread
 
 ARMS: dict[str, tuple[str, ...]] = {
@@ -107,12 +107,13 @@ def _trainer(plan: AblationPlan, arm: str, seed: int, warm: bool, echo: Callable
     with the saved points before it; a run whose points cannot be kept is moved aside first."""
     from ace_jax.train.loop import Trainer
 
-    cfg = arm_config(plan, arm, seed, warm=warm)
+    cfg, path, key = arm_config(plan, arm, seed, warm=warm), run_path(plan, arm, seed), _run_key(plan, arm, seed)
+    if os.path.exists(os.path.join(path, POINTS_FILE)) and load_points(path, key) is None:
+        echo(f"{arm} seed {seed}: {path} holds a run of another config; moved to {move_aside(path)}")
     trainer = Trainer(cfg, echo=lambda line: None)
     if trainer.step == 0 and not trainer.warm_started:
         return trainer, []
-    path = run_path(plan, arm, seed)
-    saved = load_points(path, _run_key(plan, arm, seed))
+    saved = load_points(path, key)
     kept = points_before(saved, trainer.step, cfg.train.steps, plan.eval_every)
     if kept is not None:
         echo(f"{arm} seed {seed}: resumed at step {trainer.step}, {len(kept)} earlier evaluation(s) kept")

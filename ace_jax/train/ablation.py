@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Sequence
 

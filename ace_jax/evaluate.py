@@ -147,19 +147,24 @@ def summarize(results: Sequence[TaskEval], steps: int) -> dict[str, float]:
     }
 
 
+def _valid_draft(result: TaskEval) -> dict[str, Any] | None:
+    """An episode's first step when it made a valid submission, else None."""
+    first = result.steps[0] if result.steps else None
+    return first if first is not None and first["valid"] else None
+
+
 def draft_q(result: TaskEval) -> float:
     """q of an episode's first step, 0 when it made no valid submission (or never ran)."""
-    first = result.steps[0] if result.steps else None
-    return float(first["q"]) if first is not None and first["valid"] else 0.0
+    first = _valid_draft(result)
+    return float(first["q"]) if first is not None else 0.0
 
 
 def draft_answer(result: TaskEval) -> str | None:
     """The first line of an episode's first valid submission's code (the spec in spec mode), None
     when its first step was not valid."""
-    first = result.steps[0] if result.steps else None
-    if first is None or not first["valid"] or not first["code"].strip():
-        return None
-    return first["code"].strip().splitlines()[0]
+    first = _valid_draft(result)
+    code = first["code"].strip() if first is not None else ""
+    return code.splitlines()[0] if code else None
 
 
 def evaluate(policy: Policy, tasks: dict[str, Task], sandbox: Sandbox, *, steps: int = 4,

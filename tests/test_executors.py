@@ -173,9 +173,9 @@ def _demo_run(run_dir, executor: str) -> tuple[list[dict], list]:
 
 @pytest.mark.slow
 def test_demo_run_on_ray_equals_local_on_the_same_seed(tmp_path, ray_cluster):
-    import numpy as np
-
     import shutil
+
+    import numpy as np
 
     from ace_jax.train.warm_checkpoint import write_warm_checkpoint
 

@@ -107,12 +107,12 @@ def _trainer(plan: AblationPlan, arm: str, seed: int, warm: bool, echo: Callable
     from ace_jax.train.loop import Trainer
 
     cfg, path, key = arm_config(plan, arm, seed, warm=warm), run_path(plan, arm, seed), _run_key(plan, arm, seed)
-    if os.path.exists(os.path.join(path, POINTS_FILE)) and load_points(path, key) is None:
+    saved = load_points(path, key)
+    if saved is None and os.path.exists(os.path.join(path, POINTS_FILE)):
         echo(f"{arm} seed {seed}: {path} holds a run of another config; moved to {move_aside(path)}")
     trainer = Trainer(cfg, echo=lambda line: None)
     if trainer.step == 0 and not trainer.warm_started:
         return trainer, []
-    saved = load_points(path, key)
     kept = points_before(saved, trainer.step, cfg.train.steps, plan.eval_every)
     if kept is not None:
         echo(f"{arm} seed {seed}: resumed at step {trainer.step}, {len(kept)} earlier evaluation(s) kept")

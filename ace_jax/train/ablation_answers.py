@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from ace_jax.train.heldout import spread
+
 _SETS = ("heldout", "roots")
 
 
@@ -45,21 +47,16 @@ def modal_draft(points: list[dict[str, Any]]) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    from ace_jax.train.heldout import spread
-    return spread(values)
-
-
 def answers_summary(runs: list[list[dict[str, Any]]]) -> dict[str, Any] | None:
     """Per arm (its runs' points): distinct drafts at step 0 and at the end, the share of tasks
     given the most common draft at the end (mean and spread over runs), and that draft; None
     when the points hold no drafts."""
-    first, last = [answer_spread(r[0]) for r in runs], [answer_spread(r[-1]) for r in runs]
-    if any(a["tasks"] != a["tasks"] for a in last):   # NaN: saved before drafts were recorded
+    if any(greedy_drafts(r[-1]) is None for r in runs):   # saved before drafts were recorded
         return None
-    return {"tasks": int(last[0]["tasks"]), "distinct_first": _spread([a["distinct"] for a in first]),
-            "distinct_last": _spread([a["distinct"] for a in last]),
-            "modal_share_last": _spread([a["modal_share"] for a in last]),
+    first, last = [answer_spread(r[0]) for r in runs], [answer_spread(r[-1]) for r in runs]
+    return {"tasks": int(last[0]["tasks"]), "distinct_first": spread([a["distinct"] for a in first]),
+            "distinct_last": spread([a["distinct"] for a in last]),
+            "modal_share_last": spread([a["modal_share"] for a in last]),
             "modal_draft": modal_draft([r[-1] for r in runs])}
 
 

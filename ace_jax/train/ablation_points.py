@@ -42,6 +42,7 @@ def load_points(run_dir: str, key: str) -> SavedPoints | None:
             saved = json.load(f)
         if saved.get("key") != key:
             return None
+        # Files without "complete" were written once, at a run's end, before points were saved as they came.
         return SavedPoints(list(saved["points"]), bool(saved.get("complete", True)))
     except FileNotFoundError:
         return None

@@ -40,10 +40,25 @@ if [ "$target" = test ] && ! docker_up; then
     exit 1
   fi
   log="${TMPDIR:-/tmp}/ace-jax-dockerd.log"
-  setsid nohup dockerd >"$log" 2>&1 < /dev/null &
-  for _ in $(seq 1 60); do docker_up && break; sleep 1; done
+  : >"$log"
+  # Try the default daemon first; where its networking or storage cannot come up in this
+  # machine's sandbox (no iptables, no overlay mounts), fall back to the settings that need
+  # neither (the tests build images and run containers with --network none).
+  for extra in "" "--iptables=false --ip6tables=false --bridge=none" \
+               "--iptables=false --ip6tables=false --bridge=none --storage-driver=vfs"; do
+    pkill -x dockerd 2>/dev/null && sleep 2
+    rm -f /var/run/docker.pid
+    echo "ace-jax: starting dockerd ${extra:-(default settings)}" >>"$log"
+    # shellcheck disable=SC2086
+    setsid nohup dockerd $extra >>"$log" 2>&1 < /dev/null &
+    for _ in $(seq 1 40); do docker_up && break; sleep 1; done
+    docker_up && break
+    echo "ace-jax: dockerd ${extra:-(default settings)} did not answer within 40 s" >&2
+  done
   if ! docker_up; then
-    echo "ace-jax: dockerd did not start (see $log); run: sudo dockerd &" >&2
+    echo "ace-jax: dockerd did not start (log: $log); its last lines:" >&2
+    tail -n 15 "$log" >&2
+    echo "ace-jax: run: sudo dockerd &" >&2
     exit 1
   fi
 fi

@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	$(VENV)/bin/ace-jax tasks prepare  # built-in tasks and their tuned references (once per machine)
+	$(VENV)/bin/ace-jax tasks --suite contrast prepare  # the ablation's contrast suite (once per machine)
 	touch $(STAMP)
 
 install: $(STAMP)

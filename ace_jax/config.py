@@ -52,7 +52,7 @@ class EnvSection:
     sandbox: str = "auto"
     timeout_s: float = 30.0
     workers: int = 2
-    tasks: str = "train"                # built-in split or a directory of tasks
+    tasks: str = "train"                # built-in split (train, contrast:train, ...) or a directory of tasks
     prompt_budget_tokens: int = 6000
     cache_executions: bool = True       # deterministic scripts: a repeated response is not re-run
     exec_cache_dir: str = ""            # the persistent execution cache ("" = $ACE_JAX_HOME or ~/.cache/ace-jax)
@@ -77,7 +77,7 @@ class TrainSection:
     warmstart_learning_rate: float = 0.0  # the warm start's constant rate (0: optimizer.learning_rate)
     warmstart_child_share: float = 0.0  # share of warm-start rows prompted from a made-up child state
     heldout_eval: bool = False          # evaluate on heldout_tasks before the first RL step and at the end
-    heldout_tasks: str = "heldout"      # built-in split or a tasks directory
+    heldout_tasks: str = "heldout"      # built-in split (heldout, contrast:heldout, ...) or a tasks directory
     heldout_steps: int = 4              # agent steps per task
     heldout_seeds: int = 3              # sampled evaluations at rollout.temperature (plus one greedy)
     mode: str = "sync"                  # "sync" or "async" (rollouts ahead of the learner)

@@ -10,6 +10,7 @@ import pytest
 
 from ace_jax.cli import main
 from ace_jax.commands.demo import DEMO_CONFIG
+from ace_jax.train.loop import select_tasks
 from ace_jax.train.ablation import (AblationPlan, first_reaching, markdown, paired_with_frontier, step_ratios,
                                    summarize_arm)
 from ace_jax.train.ablation_answers import answer_spread, answers_summary
@@ -186,9 +187,12 @@ def test_a_miniature_ablation_writes_its_table_csv_and_plot(tmp_path, capsys):
                "--out", str(out), "--eval-every", "1", "--eval-seeds", "1", "--target", "0.5",
                "train.steps=2", "train.warmstart_steps=4", "train.heldout_steps=1", "rollout.group_size=4",
                "rollout.states_per_step=2", "rollout.max_new_tokens=8", "env.sandbox=bwrap",
-               "curriculum.capacity=64", "train.length_buckets=[64]"]
+               "curriculum.capacity=64", "train.length_buckets=[64]", "train.heldout_tasks=contrast:heldout"]
     assert main(command) == 0
     table = (out / "ablation.md").read_text()
+    # The fixed evaluation's held-out set is the config's `train.heldout_tasks`.
+    point = json.loads((out / "frontier" / "seed0" / "points.json").read_text())["points"][0]
+    assert sorted(point["eval"]["heldout"]["per_task_greedy"]) == sorted(select_tasks("contrast:heldout"))
     assert "| frontier | " in table and "| roots-only | " in table and table in capsys.readouterr().out
     assert "Paired with `frontier`" in table and "| roots-only | 1 | " in table and "of the gain" in table
     assert "| frontier | " in table.split("Answers:")[1] and "| roots-only | " in table.split("Answers:")[1]

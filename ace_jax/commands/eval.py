@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="with --url --api openai: the model id (default: the first /v1/models lists)")
     parser.add_argument("--tasks", default="heldout",
-                        help="train | heldout | all | a tasks directory (e.g. imported MLE-bench tasks)")
+                        help="train | heldout | all | SUITE:SPLIT (contrast:heldout) | a tasks directory (e.g. imported "
+                             "MLE-bench tasks)")
     parser.add_argument("--steps", type=int, default=4, help="agent steps per task")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of step 1 (step i: seed + i - 1)")
@@ -89,12 +90,13 @@ def _policy(args: argparse.Namespace, tasks: dict) -> tuple[object, dict, int]:
         from ace_jax.train.run_dir import read_experiment, restore_model
         experiment = read_experiment(args.run)
         mode = experiment["env"]["mode"]
+        run_splits = (experiment["env"]["tasks"], experiment["train"].get("heldout_tasks", "heldout"))   # the run's vocabulary
         model, step = restore_model(args.run)
         max_new = args.max_new_tokens or experiment["rollout"]["max_new_tokens"]
         source = {"model": args.run, "endpoint": None, "checkpoint_step": step}
     else:
         from ace_jax.checkpoint import hf
-        mode, model = "code", hf.load(args.hf)
+        mode, model, run_splits = "code", hf.load(args.hf), ()
         source = {"model": args.hf, "endpoint": None, "checkpoint_step": None}
-    codec = make_codec(mode, list(vocabulary_tasks(tasks).values()) if mode == "spec" else [])
+    codec = make_codec(mode, list(vocabulary_tasks(tasks, run_splits).values()) if mode == "spec" else [])
     return TokenPolicy(JaxEngine(model, eos_token_ids=codec.stop_ids), codec), source, max_new

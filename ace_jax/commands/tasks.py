@@ -8,6 +8,9 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", default=None, help="tasks directory (default: $ACE_JAX_HOME/tasks or ~/.cache/ace-jax/tasks)")
+    parser.add_argument("--suite", default="core", choices=("core", "contrast"),
+                        help="built-in suite: core (the demo's tasks) or contrast (tasks whose best answer depends "
+                             "on the task; default dir $ACE_JAX_HOME/tasks-contrast)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     sub.add_parser("list", help="print task ids and their split (train / heldout); prepares built-ins on first use")
     prep = sub.add_parser("prepare", help="build the built-in tasks from scikit-learn datasets")
@@ -24,25 +27,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rollout.env.prepare import ensure_tasks, prepare_builtin
+    from rollout.env.suites import get_suite
     from rollout.env.tasks import default_tasks_dir
+
+    suite = get_suite(args.suite)
 
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     if args.action == "list":
-        for task_id, task in ensure_tasks(args.dir, progress=progress).items():
+        for task_id, task in ensure_tasks(args.dir, progress=progress, suite=suite.name).items():
             print(f"{task_id}\t{task.config.split}")
         return 0
     if args.action == "prepare":
-        tasks = prepare_builtin(args.dir, ids=args.only, force=args.force, progress=progress)
-        print(f"{len(tasks)} tasks in {default_tasks_dir(args.dir)}")
+        tasks = prepare_builtin(args.dir, ids=args.only, force=args.force, progress=progress, suite=suite.name)
+        print(f"{len(tasks)} tasks in {args.dir or suite.default_dir()}")
         return 0
     if args.action == "headroom":
-        from rollout.env.builtin_tasks import BUILTIN_TASKS
         from rollout.env.headroom import headroom_table, one_spec_for_all, one_spec_lines, task_headroom
-        tasks = ensure_tasks(args.dir, progress=progress)
-        print(headroom_table([task_headroom(tasks[b.id], b.references) for b in BUILTIN_TASKS if b.id in tasks]))
+        tasks = ensure_tasks(args.dir, progress=progress, suite=suite.name)
+        print(headroom_table([task_headroom(tasks[b.id], b.references) for b in suite.tasks if b.id in tasks]))
         print("\n" + one_spec_lines(one_spec_for_all(tasks.values())))
+        print(one_spec_lines(one_spec_for_all(tasks.values(), by_kind=True)))
         return 0
     from rollout.env.mlebench_import import import_mlebench
 

@@ -139,7 +139,7 @@ def run_one(plan: AblationPlan, arm: str, seed: int, warm_params: dict[int, Any]
         trainer.run(trainer.step)      # the warm start, when this arm runs it
         if fresh and seed not in warm_params:   # a run resumed later than step 0 holds no warm start to share
             warm_params[seed] = jax.tree.map(np.asarray, trainer.state.params)
-        sets = {"heldout": select_tasks("heldout"), "roots": trainer.tasks}
+        sets = {"heldout": select_tasks(trainer.cfg.train.heldout_tasks), "roots": trainer.tasks}
         execute = pool_executor(trainer.pool, trainer.exec_cache)
 
         def fixed_eval() -> dict[str, Any]:

@@ -42,6 +42,7 @@ from ace_jax.train.tensorboard import TensorBoardWriter
 from ace_jax.train.state import create_train_state
 from ace_jax.train.step import make_train_step
 from rollout.env.prepare import ensure_tasks
+from rollout.env.suites import parse_split, suite_of_source
 from rollout.env.tasks import load_tasks
 from rollout.sandbox.base import Limits
 from rollout.executors import make_executor
@@ -50,19 +51,28 @@ log = logging.getLogger(__name__)
 
 
 def select_tasks(spec: str) -> dict:
-    """Built-in split ("train", "heldout", "all") or a directory of prepared tasks."""
-    if spec in ("train", "heldout", "all"):
-        tasks = ensure_tasks()
-        return {k: t for k, t in tasks.items() if spec == "all" or t.config.split == spec}
+    """A built-in split (`train`, `heldout`, `all`, or `SUITE:SPLIT` such as `contrast:train`;
+    see `rollout.env.suites`) or a directory of prepared tasks."""
+    parsed = parse_split(spec)
+    if parsed is not None:
+        suite, split = parsed
+        tasks = ensure_tasks(suite=suite.name)
+        return {k: t for k, t in tasks.items() if split == "all" or t.config.split == split}
     tasks = load_tasks(spec)
     if not tasks:
-        raise ValueError(f"env.tasks: no tasks found under {spec!r} (expected train, heldout, all or a directory)")
+        raise ValueError(f"env.tasks: no tasks found under {spec!r} (expected train, heldout, all, SUITE:SPLIT "
+                         f"or a directory)")
     return tasks
 
 
-def vocabulary_tasks(tasks: dict) -> dict:
-    """Tasks the spec vocabulary is built over: all built-in tasks plus the run's own."""
-    return {**ensure_tasks(), **tasks}
+def vocabulary_tasks(tasks: dict, splits: tuple[str, ...] = ()) -> dict:
+    """Tasks the spec vocabulary is built over: all core built-in tasks, every task of each other
+    built-in suite that `tasks` draws from or that one of the split names `splits` names
+    (held-out splits included), and the run's own."""
+    suites = {s.name for t in tasks.values() if (s := suite_of_source(t.config.source)) is not None}
+    suites |= {parsed[0].name for split in splits if (parsed := parse_split(split)) is not None}
+    extra = {k: t for name in sorted(suites - {"core"}) for k, t in ensure_tasks(suite=name).items()}
+    return {**ensure_tasks(), **extra, **tasks}
 
 
 def build_model(cfg: ExperimentConfig, vocab_size: int, pad_id: int, eos_id: int) -> Qwen3ForCausalLM:
@@ -109,8 +119,10 @@ class Trainer:
             os.makedirs(self.run_dir, exist_ok=True)
         self.tasks = select_tasks(cfg.env.tasks)
         self.task_ids = sorted(self.tasks)
-        # The spec vocabulary covers every built-in task, so held-out evaluation can reuse it.
-        self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks).values()), prompt_limit(cfg))
+        # The spec vocabulary covers every built-in task of the suites in use, so held-out
+        # evaluation can reuse it.
+        self.codec = make_codec(cfg.env.mode, list(vocabulary_tasks(self.tasks, (cfg.train.heldout_tasks,)).values()),
+                                prompt_limit(cfg))
         model = build_model(cfg, self.codec.vocab_size, self.codec.pad_id, self.codec.stop_ids[0])
         self.model_config = model.config
         try:

@@ -41,13 +41,14 @@ def headroom_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def one_spec_for_all(tasks: Iterable[Task]) -> dict[str, dict[str, Any]]:
-    """Per split: the mean q over its tasks of every spec on all their leaderboards, the best such
-    spec and the median. A policy that writes the best one whatever the task gets its mean q:
-    the part of the gain that needs no task-conditional choice."""
+def one_spec_for_all(tasks: Iterable[Task], by_kind: bool = False) -> dict[str, dict[str, Any]]:
+    """Per split (`by_kind`: per split and task kind, keyed `SPLIT KIND`): the mean q over its
+    tasks of every spec on all their leaderboards, the best such spec and the median. A policy
+    that writes the best one whatever the task (or whatever the task of that kind: the kind is
+    in every prompt) gets its mean q: the part of the gain that needs no task-conditional choice."""
     by_split: dict[str, list[Task]] = {}
     for t in tasks:
-        by_split.setdefault(t.config.split, []).append(t)
+        by_split.setdefault(f"{t.config.split} {t.config.kind}" if by_kind else t.config.split, []).append(t)
     out = {}
     for split, group in sorted(by_split.items()):
         common = set.intersection(*(set(t.config.references) for t in group))

@@ -22,12 +22,13 @@ from threadpoolctl import threadpool_limits
 
 from rollout.machine_files import locked
 from rollout.env import solution_template
-from rollout.env.builtin_tasks import BUILTIN_TASKS, BUILTIN_VERSION, TUNING_GRID, BuiltinTask
+from rollout.env.builtin_tasks import BUILTIN_VERSION, TUNING_GRID, BuiltinTask
 from rollout.env.graders import grade_bytes
 from rollout.env.medals import medal_thresholds
 from rollout.env.metrics import aligned, get_metric
 from rollout.env.spec import parse_spec
-from rollout.env.tasks import (Task, TaskConfig, TaskError, default_tasks_dir, load_task, load_tasks, write_csv,
+from rollout.env.suites import get_suite
+from rollout.env.tasks import (Task, TaskConfig, TaskError, load_task, load_tasks, write_csv,
                                write_task)
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,9 @@ def _split(b: BuiltinTask, kind: str):
     return train_test_split(frame, test_size=0.25, random_state=0, stratify=strat)
 
 
-def prepare_one(b: BuiltinTask, dest: Path) -> Task:
-    """Make, measure and write one built-in task into `dest` (replaced)."""
+def prepare_one(b: BuiltinTask, dest: Path, source: str = f"builtin-v{BUILTIN_VERSION}") -> Task:
+    """Make, measure and write one built-in task into `dest` (replaced); `source` names its suite
+    and version."""
     metric = get_metric(b.metric)
     train, test = _split(b, metric.kind)
     classes = tuple(sorted({str(v) for v in train[b.target]}, key=_label_key)) if metric.kind == "classification" else ()
@@ -117,7 +119,7 @@ def prepare_one(b: BuiltinTask, dest: Path) -> Task:
     cfg = TaskConfig(id=b.id, metric=b.metric, direction=metric.direction, kind=metric.kind, id_column=ID_COLUMN,
                      target_column=b.target, submission_columns=cols, classes=classes, baseline_score=worst,
                      reference_score=best, medals={"gold": best, "silver": best, "bronze": best}, split=b.split,
-                     source=f"builtin-v{BUILTIN_VERSION}")
+                     source=source)
     public_test = test.drop(columns=[b.target])
     answers = test[[ID_COLUMN, b.target]]
     sample = constant_submission(cfg, train[b.target], test[ID_COLUMN])
@@ -154,33 +156,37 @@ def _label_key(label: str):
         return (1, 0.0, label)
 
 
-def _is_current(path: Path) -> bool:
+def _is_current(path: Path, source: str) -> bool:
     try:
-        return load_task(path).config.source == f"builtin-v{BUILTIN_VERSION}"
+        return load_task(path).config.source == source
     except (TaskError, OSError):
         return False
 
 
 def prepare_builtin(root: str | os.PathLike | None = None, ids: list[str] | None = None,
-                    force: bool = False, progress=None) -> dict[str, Task]:
-    """Prepare the built-in tasks under `root` (default: see `default_tasks_dir`); skip current ones."""
-    root = default_tasks_dir(root)
-    wanted = [b for b in BUILTIN_TASKS if ids is None or b.id in ids]
-    unknown = sorted(set(ids or ()) - {b.id for b in BUILTIN_TASKS})
+                    force: bool = False, progress=None, suite: str = "core") -> dict[str, Task]:
+    """Prepare a suite's built-in tasks under `root` (default: the suite's own directory, see
+    `rollout.env.suites`); skip current ones."""
+    s = get_suite(suite)
+    root = Path(root) if root is not None else s.default_dir()
+    wanted = [b for b in s.tasks if ids is None or b.id in ids]
+    unknown = sorted(set(ids or ()) - {b.id for b in s.tasks})
     if unknown:
-        raise KeyError(f"unknown builtin task(s) {', '.join(unknown)}; known: {', '.join(b.id for b in BUILTIN_TASKS)}")
+        raise KeyError(f"unknown builtin task(s) {', '.join(unknown)} in suite {suite}; "
+                       f"known: {', '.join(b.id for b in s.tasks)}")
     with locked(root / ".lock"):
         for i, b in enumerate(wanted):
             dest = root / b.id
-            if not force and _is_current(dest):
+            if not force and _is_current(dest, s.source):
                 continue
             if progress:
                 progress(f"preparing task {b.id} ({i + 1}/{len(wanted)})")
             log.info("preparing builtin task %s", b.id)
-            prepare_one(b, dest)
+            prepare_one(b, dest, s.source)
     return {k: v for k, v in load_tasks(root).items()}
 
 
-def ensure_tasks(root: str | os.PathLike | None = None, progress=None) -> dict[str, Task]:
-    """All tasks under `root`, preparing the built-in ones first if any is missing or stale."""
-    return prepare_builtin(root, progress=progress)
+def ensure_tasks(root: str | os.PathLike | None = None, progress=None, suite: str = "core") -> dict[str, Task]:
+    """All tasks under `root` (default: the suite's directory), preparing the suite's built-in
+    ones first if any is missing or stale."""
+    return prepare_builtin(root, progress=progress, suite=suite)

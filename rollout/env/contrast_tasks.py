@@ -58,25 +58,26 @@ def wide_regression(seed: int) -> Maker:
     return make
 
 
+def _narrow_features(seed: int) -> tuple[np.random.RandomState, np.ndarray]:
+    rng = np.random.RandomState(seed)
+    return rng, rng.normal(size=(NARROW_ROWS, NARROW_FEATURES))
+
+
 def narrow_classification(seed: int) -> Maker:
     """The parity of three features' signs, among 8 features, with 5 % of labels flipped."""
     def make():
-        rng = np.random.RandomState(seed)
-        x = rng.normal(size=(NARROW_ROWS, NARROW_FEATURES))
+        rng, x = _narrow_features(seed)
         y = np.bitwise_xor.reduce((x[:, :3] > 0).astype(int), axis=1)
-        y = np.where(rng.rand(NARROW_ROWS) < 0.05, 1 - y, y)
-        return _frame(x), pd.Series(y)
+        return _frame(x), pd.Series(np.where(rng.rand(NARROW_ROWS) < 0.05, 1 - y, y))
     return make
 
 
 def narrow_regression(seed: int) -> Maker:
     """A step function of four thresholds (an xor and an and), among 8 features, with noise."""
     def make():
-        rng = np.random.RandomState(seed)
-        x = rng.normal(size=(NARROW_ROWS, NARROW_FEATURES))
-        y = (3.0 * ((x[:, 0] > 0) ^ (x[:, 1] > 0.5)) + 2.0 * ((x[:, 2] > -0.3) & (x[:, 3] > 0))
-             + 0.3 * rng.normal(size=NARROW_ROWS))
-        return _frame(x), pd.Series(y)
+        rng, x = _narrow_features(seed)
+        y = 3.0 * ((x[:, 0] > 0) ^ (x[:, 1] > 0.5)) + 2.0 * ((x[:, 2] > -0.3) & (x[:, 3] > 0))
+        return _frame(x), pd.Series(y + 0.3 * rng.normal(size=NARROW_ROWS))
     return make
 
 

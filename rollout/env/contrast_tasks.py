@@ -95,23 +95,26 @@ _MAKERS = {("wide", "classification"): wide_classification, ("wide", "regression
 _METRICS = {"classification": "accuracy", "regression": "rmse"}
 
 
-def _suite() -> tuple[BuiltinTask, ...]:
-    tasks = []
-    # seeds 0 and 1 train, seed 2 held out; ids run in that order, families interleaved
-    for seed, split in ((0, "train"), (1, "train"), (2, "heldout")):
+def _suite() -> tuple[tuple[BuiltinTask, ...], dict[str, str]]:
+    """The tasks and each task's family. Ids run train, train, held-out rounds, each round wide then
+    narrow, classification then regression; task i (from 0) of round r draws its data with seed
+    r + 10 * i."""
+    tasks, families = [], {}
+    for round_, split in enumerate(("train", "train", "heldout")):
         for family in ("wide", "narrow"):
             for kind in ("classification", "regression"):
                 refs = _WIDE_REFS[kind] if family == "wide" else _NARROW_REFS
-                tasks.append(BuiltinTask(f"contrast_{len(tasks) + 1:02d}", split, _METRICS[kind], "target",
-                                         _MAKERS[family, kind](seed + 10 * len(tasks)), refs,
+                task_id = f"contrast_{len(tasks) + 1:02d}"
+                tasks.append(BuiltinTask(task_id, split, _METRICS[kind], "target",
+                                         _MAKERS[family, kind](round_ + 10 * len(tasks)), refs,
                                          _BLURBS[family, kind]))
-    return tuple(tasks)
+                families[task_id] = family
+    return tuple(tasks), families
 
 
-CONTRAST_TASKS: tuple[BuiltinTask, ...] = _suite()
+CONTRAST_TASKS, _FAMILIES = _suite()
 
 
 def contrast_family(task_id: str) -> str:
     """`wide` or `narrow`: which family a contrast task belongs to (for reports)."""
-    index = int(task_id.rsplit("_", 1)[1]) - 1
-    return ("wide", "narrow")[(index // 2) % 2]
+    return _FAMILIES[task_id]

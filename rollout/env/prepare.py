@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from rollout.machine_files import locked
 from rollout.env import solution_template
-from rollout.env.builtin_tasks import BUILTIN_VERSION, TUNING_GRID, BuiltinTask
+from rollout.env.builtin_tasks import TUNING_GRID, BuiltinTask
 from rollout.env.graders import grade_bytes
 from rollout.env.medals import medal_thresholds
 from rollout.env.metrics import aligned, get_metric
@@ -108,9 +108,9 @@ def _split(b: BuiltinTask, kind: str):
     return train_test_split(frame, test_size=0.25, random_state=0, stratify=strat)
 
 
-def prepare_one(b: BuiltinTask, dest: Path, source: str = f"builtin-v{BUILTIN_VERSION}") -> Task:
+def prepare_one(b: BuiltinTask, dest: Path, source: str) -> Task:
     """Make, measure and write one built-in task into `dest` (replaced); `source` names its suite
-    and version."""
+    and version (`Suite.source`)."""
     metric = get_metric(b.metric)
     train, test = _split(b, metric.kind)
     classes = tuple(sorted({str(v) for v in train[b.target]}, key=_label_key)) if metric.kind == "classification" else ()

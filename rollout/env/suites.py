@@ -29,9 +29,14 @@ class Suite:
     version: int
 
     @property
+    def stem(self) -> str:
+        """A prepared task's `source` without its version (the core suite keeps its historical one)."""
+        return "builtin" if self.name == "core" else f"builtin-{self.name}"
+
+    @property
     def source(self) -> str:
-        """What a prepared task's `source` says (the core suite keeps its historical string)."""
-        return f"builtin-v{self.version}" if self.name == "core" else f"builtin-{self.name}-v{self.version}"
+        """What a prepared task's `source` says: the stem and the suite's version."""
+        return f"{self.stem}-v{self.version}"
 
     def default_dir(self) -> Path:
         """$ACE_JAX_HOME/tasks for the core suite, $ACE_JAX_HOME/tasks-NAME for the others."""
@@ -54,7 +59,9 @@ def parse_split(spec: str) -> tuple[Suite, str] | None:
     if spec in SPLIT_NAMES:
         return SUITES["core"], spec
     name, colon, split = spec.partition(":")
-    if not colon or name not in SUITES and os.path.exists(spec):
+    if not colon:
+        return None
+    if name not in SUITES and os.path.exists(spec):   # a directory whose name has a colon
         return None
     if name not in SUITES or split not in SPLIT_NAMES:
         raise ValueError(f"task split {spec!r}: expected SUITE:SPLIT with SUITE one of {', '.join(SUITES)} and "
@@ -64,7 +71,5 @@ def parse_split(spec: str) -> tuple[Suite, str] | None:
 
 def suite_of_source(source: str) -> Suite | None:
     """The suite a prepared task came from, by its `source` string (any version), or None."""
-    for suite in SUITES.values():
-        if source.rpartition("-v")[0] == suite.source.rpartition("-v")[0]:
-            return suite
-    return None
+    stem = source.rpartition("-v")[0]
+    return next((suite for suite in SUITES.values() if suite.stem == stem), None)

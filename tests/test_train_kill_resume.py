@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Fields that describe the machine, not the learning: wall times and execution-cache counts.
 MACHINE_KEYS = {"rollout_s", "generate_s", "execute_s", "update_s", "step_s", "cached_executions", "exec_cache_hits", "exec_cache_misses",
                 "exec_cache_hit_rate"}
-STEPS = 6   # checkpoints every 2 steps; killed after a step that no checkpoint holds
+STEPS = 4   # checkpoints every 2 steps; killed after step 2, which no checkpoint holds
 
 
 def _command(run_dir):

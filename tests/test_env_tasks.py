@@ -311,3 +311,22 @@ def test_cli_exec_prints_json(builtin_root, tmp_path, capsys, monkeypatch):
     assert code == 0 and json.loads(out)["medal"] is not None
     assert cli_main(["exec", "--dir", str(builtin_root), "--task", "nope", "--script", str(script)]) == 2
     assert os.environ["ACE_JAX_SECRET_FOR_TEST"] == "do-not-leak"
+
+
+def test_a_failed_preparation_leaves_no_staging_task_and_hidden_directories_are_not_tasks(builtin_root, tmp_path):
+    """A preparation that fails (or is killed) must not leave a task with provisional scores
+    (baseline 0, reference 1) that the next `load_tasks` would serve."""
+    from rollout.env.builtin_tasks import BuiltinTask
+    from rollout.env.prepare import prepare_one
+    from rollout.env.spec import SpecError
+
+    iris = next(b for b in BUILTIN_TASKS if b.id == "iris")
+    broken = BuiltinTask("broken", "train", iris.metric, iris.target, iris.make, ("model",) + iris.references[1:],
+                         iris.blurb)
+    with pytest.raises(SpecError):
+        prepare_one(broken, tmp_path / "broken", "builtin-v0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []   # the staging directory is gone, no task
+    # A staging directory left by a killed preparation is not loaded as a task.
+    shutil.copytree(builtin_root / "iris", tmp_path / ".staging-moons-123")
+    shutil.copytree(builtin_root / "moons", tmp_path / "moons")
+    assert list(load_tasks(tmp_path)) == ["moons"]

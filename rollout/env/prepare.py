@@ -125,6 +125,20 @@ def prepare_one(b: BuiltinTask, dest: Path, source: str) -> Task:
     sample = constant_submission(cfg, train[b.target], test[ID_COLUMN])
     staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _measure_into(b, staging, cfg, train, public_test, sample, answers)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(staging, dest)
+    return load_task(dest)
+
+
+def _measure_into(b: BuiltinTask, staging: Path, cfg: TaskConfig, train: pd.DataFrame, public_test: pd.DataFrame,
+                  sample: pd.DataFrame, answers: pd.DataFrame) -> None:
+    """Write the task into `staging` with its measured baseline, references and medals."""
+    metric = get_metric(b.metric)
     provisional = write_task(staging, cfg, "", train, public_test, sample, answers)
     answers_str = pd.read_csv(provisional.answers_path, dtype=str, keep_default_na=False)
     baseline = grade_bytes(provisional, _csv_bytes(sample), answers_str)
@@ -144,9 +158,6 @@ def prepare_one(b: BuiltinTask, dest: Path, source: str) -> Task:
     final = replace(cfg, baseline_score=baseline.score, reference_score=best,
                     medals=medal_thresholds(leaderboard, metric.direction), references=measured)
     write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.rename(staging, dest)
-    return load_task(dest)
 
 
 def _label_key(label: str):

@@ -160,11 +160,12 @@ def load_task(root: str | os.PathLike) -> Task:
 
 
 def load_tasks(root: str | os.PathLike) -> dict[str, Task]:
-    """All tasks under `root`, by id, sorted."""
+    """All tasks under `root`, by id, sorted. Hidden directories are skipped: a preparation that
+    was killed leaves its `.staging-*` directory there, with provisional scores."""
     root = Path(root)
     tasks = {}
     for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if (path / "task.yaml").is_file():
+        if not path.name.startswith(".") and (path / "task.yaml").is_file():
             task = load_task(path)
             tasks[task.id] = task
     return tasks

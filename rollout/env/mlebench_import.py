@@ -25,8 +25,8 @@ import yaml
 from rollout.env.graders import grade_bytes
 from rollout.env.medals import medal_thresholds
 from rollout.env.metrics import aligned, get_metric
-from rollout.env.tasks import (PUBLIC_FILES, Task, TaskConfig, TaskError, load_task, set_modes, write_config,
-                               write_csv)
+from rollout.env.tasks import (PUBLIC_FILES, Task, TaskConfig, TaskError, load_task, set_modes, staged_task_dir,
+                               write_config, write_csv)
 
 # mle-bench grader names -> our metrics.
 GRADER_METRICS = {
@@ -154,25 +154,21 @@ def convert(comp_id: str, data_dir: Path, comp_dirs: list[Path], dest: Path, spl
     medals = medal_thresholds(scores, metric.direction)
     provisional = TaskConfig(comp_id, metric.name, metric.direction, metric.kind, id_col, target, tuple(pred_cols),
                              classes, 0.0, 0.0, medals, split, f"mle-bench:{comp_id}")
-    staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "private").mkdir(parents=True)
-    write_csv(answers, staging / "private" / "answers.csv")
-    baseline = grade_bytes(Task(staging, provisional), (public / "sample_submission.csv").read_bytes(),
-                           _read(staging / "private" / "answers.csv"))
-    if not baseline.valid:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CannotConvert(f"the sample submission does not grade: {baseline.reason}")
-    if aligned(metric.direction, medals["gold"]) <= aligned(metric.direction, baseline.score):
-        shutil.rmtree(staging, ignore_errors=True)
-        raise CannotConvert(f"the gold threshold {medals['gold']} does not beat the sample submission {baseline.score}")
-    final = replace(provisional, baseline_score=baseline.score, reference_score=medals["gold"])
-    write_config(staging, final, desc_path.read_text())
-    for name in PUBLIC_FILES:
-        shutil.copyfile(public / name, staging / "public" / name)
-    set_modes(staging)
-    shutil.rmtree(dest, ignore_errors=True)
-    os.rename(staging, dest)
+    with staged_task_dir(dest) as staging:
+        (staging / "private").mkdir(parents=True)
+        write_csv(answers, staging / "private" / "answers.csv")
+        baseline = grade_bytes(Task(staging, provisional), (public / "sample_submission.csv").read_bytes(),
+                               _read(staging / "private" / "answers.csv"))
+        if not baseline.valid:
+            raise CannotConvert(f"the sample submission does not grade: {baseline.reason}")
+        if aligned(metric.direction, medals["gold"]) <= aligned(metric.direction, baseline.score):
+            raise CannotConvert(f"the gold threshold {medals['gold']} does not beat the sample submission "
+                                f"{baseline.score}")
+        final = replace(provisional, baseline_score=baseline.score, reference_score=medals["gold"])
+        write_config(staging, final, desc_path.read_text())
+        for name in PUBLIC_FILES:
+            shutil.copyfile(public / name, staging / "public" / name)
+        set_modes(staging)
     return load_task(dest)
 
 

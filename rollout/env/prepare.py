@@ -10,7 +10,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -28,8 +27,8 @@ from rollout.env.medals import medal_thresholds
 from rollout.env.metrics import aligned, get_metric
 from rollout.env.spec import parse_spec
 from rollout.env.suites import get_suite
-from rollout.env.tasks import (Task, TaskConfig, TaskError, load_task, load_tasks, write_csv,
-                               write_task)
+from rollout.env.tasks import (Task, TaskConfig, TaskError, load_task, load_tasks, staged_task_dir,
+                               write_csv, write_task)
 
 log = logging.getLogger(__name__)
 ID_COLUMN = "id"
@@ -123,41 +122,28 @@ def prepare_one(b: BuiltinTask, dest: Path, source: str) -> Task:
     public_test = test.drop(columns=[b.target])
     answers = test[[ID_COLUMN, b.target]]
     sample = constant_submission(cfg, train[b.target], test[ID_COLUMN])
-    staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        _measure_into(b, staging, cfg, train, public_test, sample, answers)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(dest, ignore_errors=True)
-    os.rename(staging, dest)
+    with staged_task_dir(dest) as staging:
+        provisional = write_task(staging, cfg, "", train, public_test, sample, answers)
+        answers_str = pd.read_csv(provisional.answers_path, dtype=str, keep_default_na=False)
+        baseline = grade_bytes(provisional, _csv_bytes(sample), answers_str)
+        if not baseline.valid:
+            raise TaskError(f"builtin task {b.id}: its sample submission is invalid: {baseline.reason}")
+        measured = {}
+        for spec in dict.fromkeys(b.references + TUNING_GRID[metric.kind]):
+            result = grade_bytes(provisional, run_reference(provisional, spec), answers_str)
+            if not result.valid:
+                raise TaskError(f"builtin task {b.id}: reference {spec!r} is invalid: {result.reason}")
+            measured[spec] = result.score
+        weakest = min((measured[s] for s in b.references), key=lambda s: aligned(metric.direction, s))
+        if aligned(metric.direction, weakest) <= aligned(metric.direction, baseline.score):
+            raise TaskError(f"builtin task {b.id}: weakest reference {weakest} does not beat the baseline "
+                            f"{baseline.score}")
+        leaderboard = list(measured.values())
+        best = max(leaderboard, key=lambda s: aligned(metric.direction, s))
+        final = replace(cfg, baseline_score=baseline.score, reference_score=best,
+                        medals=medal_thresholds(leaderboard, metric.direction), references=measured)
+        write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
     return load_task(dest)
-
-
-def _measure_into(b: BuiltinTask, staging: Path, cfg: TaskConfig, train: pd.DataFrame, public_test: pd.DataFrame,
-                  sample: pd.DataFrame, answers: pd.DataFrame) -> None:
-    """Write the task into `staging` with its measured baseline, references and medals."""
-    metric = get_metric(b.metric)
-    provisional = write_task(staging, cfg, "", train, public_test, sample, answers)
-    answers_str = pd.read_csv(provisional.answers_path, dtype=str, keep_default_na=False)
-    baseline = grade_bytes(provisional, _csv_bytes(sample), answers_str)
-    if not baseline.valid:
-        raise TaskError(f"builtin task {b.id}: its sample submission is invalid: {baseline.reason}")
-    measured = {}
-    for spec in dict.fromkeys(b.references + TUNING_GRID[metric.kind]):
-        result = grade_bytes(provisional, run_reference(provisional, spec), answers_str)
-        if not result.valid:
-            raise TaskError(f"builtin task {b.id}: reference {spec!r} is invalid: {result.reason}")
-        measured[spec] = result.score
-    weakest = min((measured[s] for s in b.references), key=lambda s: aligned(metric.direction, s))
-    if aligned(metric.direction, weakest) <= aligned(metric.direction, baseline.score):
-        raise TaskError(f"builtin task {b.id}: weakest reference {weakest} does not beat the baseline {baseline.score}")
-    leaderboard = list(measured.values())
-    best = max(leaderboard, key=lambda s: aligned(metric.direction, s))
-    final = replace(cfg, baseline_score=baseline.score, reference_score=best,
-                    medals=medal_thresholds(leaderboard, metric.direction), references=measured)
-    write_task(staging, final, describe(b, final, train, public_test), train, public_test, sample, answers)
 
 
 def _label_key(label: str):

@@ -10,9 +10,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import yaml
@@ -157,6 +160,21 @@ def load_task(root: str | os.PathLike) -> Task:
         if not (root / rel).is_file():
             raise TaskError(f"{root / rel}: missing (task {config.id})")
     return Task(root, config)
+
+
+@contextlib.contextmanager
+def staged_task_dir(dest: Path) -> Iterator[Path]:
+    """A hidden directory beside `dest` to write a task into: on success it replaces `dest`; on any
+    failure it is removed, so that no half-written task (provisional scores) is left behind."""
+    staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(staging, dest)
 
 
 def load_tasks(root: str | os.PathLike) -> dict[str, Task]:
